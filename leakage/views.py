@@ -1,0 +1,31 @@
+"""Three views of one model: the HF module itself, a TransformerLens 4 bridge, and an nnsight wrapper.
+
+Both wrappers hold the *same* HF module (no weight copy), so an edit through one view is seen by the
+others, and a memento mask passed as `attention_mask` means the same thing in all three.
+Heavy imports happen inside the functions.
+"""
+
+from __future__ import annotations
+
+
+def architecture_name(model) -> str:
+    """The HF architecture string (e.g. 'Qwen3ForCausalLM') the bridge adapter is chosen by."""
+    names = getattr(model.config, "architectures", None) or [type(model).__name__]
+    return names[0]
+
+
+def to_bridge(model):
+    """A TransformerLens 4 `TransformerBridge` over `model` (shares its parameters; works offline).
+
+    Hook names follow TransformerLens (`blocks.{i}.attn.hook_rot_k`, ...); see `leakage.hooks`.
+    """
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+
+    return build_bridge_from_module(model, architecture_name(model), hf_config=model.config)
+
+
+def to_nnsight(model):
+    """An `nnsight.NNsight` wrapper over `model`: `with view.trace(ids, attention_mask=...):`."""
+    from nnsight import NNsight
+
+    return NNsight(model)

@@ -1,0 +1,159 @@
+"""memento_mask against an independent brute-force reference written from the stated semantics."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leakage.mask import additive_mask, mask_from_spans, memento_mask
+from leakage.spans import parse_spans
+from tests.strategies import MARKERS, memento_streams
+
+SPECS = [(keep, delim, restart) for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True)]
+
+
+def reference_mask(ids, keep, mask_delimiters, restart):
+    """Loop over (query, key) pairs, scanning raw ids; shares no code with leakage.spans / leakage.mask."""
+    m = MARKERS
+    T = len(ids)
+    # scan the response for each block's delimiter positions
+    blocks = []  # dicts with bs, be, ss, se
+    in_prompt = True
+    for p, t in enumerate(ids):
+        if in_prompt:
+            in_prompt = t != m.think_start
+            continue
+        if t == m.block_start:
+            blocks.append({"bs": p, "be": None, "ss": None, "se": None})
+        elif t == m.block_end:
+            blocks[-1]["be"] = p
+        elif t == m.summary_start:
+            blocks[-1]["ss"] = p
+        elif t == m.summary_end:
+            blocks[-1]["se"] = p
+
+    def masked_block_of(k):
+        for i, b in enumerate(blocks):
+            if b["be"] is None:
+                continue
+            inside = b["bs"] <= k <= b["be"] if mask_delimiters else b["bs"] < k < b["be"]
+            if inside:
+                return i
+        return None
+
+    out = torch.zeros(T, T, dtype=torch.bool)
+    for q in range(T):
+        completed = [i for i, b in enumerate(blocks) if b["se"] is not None and b["se"] < q]
+        for k in range(q + 1):
+            allowed = True
+            i = masked_block_of(k)
+            if keep != -1 and i is not None:
+                visible_recent = completed[len(completed) - keep:] if keep > 0 else []
+                if i in completed and i not in visible_recent:
+                    allowed = False
+                b = blocks[i]
+                end_of_masked = b["be"] + 1 if mask_delimiters else b["be"]
+                if restart and b["se"] is not None and end_of_masked <= q <= b["se"]:
+                    allowed = False
+            out[q, k] = allowed
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(ids=memento_streams(), spec=st.sampled_from(SPECS))
+def test_mask_matches_brute_force(ids, spec):
+    keep, delim, restart = spec
+    got = memento_mask(ids, MARKERS, keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart)
+    assert torch.equal(got, reference_mask(ids, keep, delim, restart))
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(memento_streams(), min_size=1, max_size=4), left=st.booleans(), spec=st.sampled_from(SPECS))
+def test_batched_mask_with_padding_equals_rows(rows, left, spec):
+    keep, delim, restart = spec
+    T = max(len(r) for r in rows)
+    pad = 0
+    ids = torch.full((len(rows), T), pad)
+    real = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        sl = slice(T - len(r), T) if left else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r)
+        real[i, sl] = True
+    batch = memento_mask(ids, MARKERS, keep, delim, restart, padding_mask=real)
+    assert batch.shape == (len(rows), T, T)
+    for i, r in enumerate(rows):
+        sl = slice(T - len(r), T) if left else slice(0, len(r))
+        assert torch.equal(batch[i][sl, sl], reference_mask(r, keep, delim, restart))
+        pads = (~real[i]).nonzero().flatten()
+        assert not batch[i][real[i]][:, pads].any(), "a real query attends to padding"
+        for p in pads:  # pad rows attend to themselves only
+            assert batch[i, p].sum() == 1 and batch[i, p, p]
+
+
+def test_worked_example_from_docstring():
+    m = MARKERS
+    ids = [7, m.think_start, m.block_start, 1, 2, m.block_end, m.summary_start, 3, m.summary_end,
+           m.block_start, 4, m.block_end, m.summary_start, 5, m.summary_end]
+    mask = memento_mask(ids, MARKERS)
+    assert not mask[9:, 3:5].any()  # block 0's reasoning gone after its summary_end (8)
+    assert mask[8, 3:5].all()  # ... but visible to the summary_end itself
+    assert mask[9:, 2].all() and mask[9:, 5].all()  # delimiters kept
+    assert mask[9:, 6:9].all()  # memento kept
+    assert mask[14, 10]  # block 1 still visible to its own summary_end
+    delim = memento_mask(ids, MARKERS, mask_delimiters=True)
+    assert not delim[9:, 2:6].any()
+
+
+def test_keep_minus_one_is_causal():
+    ids = [1, MARKERS.think_start, MARKERS.block_start, 2, MARKERS.block_end, MARKERS.summary_start, 3,
+           MARKERS.summary_end, 4]
+    assert torch.equal(memento_mask(ids, MARKERS, keep_last_n_blocks=-1), torch.ones(9, 9, dtype=torch.bool).tril())
+
+
+def test_restart_memento_cannot_see_its_block():
+    m = MARKERS
+    ids = [m.think_start, m.block_start, 1, 2, m.block_end, m.summary_start, 3, m.summary_end]
+    normal = memento_mask(ids, MARKERS)
+    restart = memento_mask(ids, MARKERS, restart=True)
+    assert normal[5:8, 2:4].all()
+    assert not restart[4:8, 2:4].any()  # retained <|block_end|> and the memento re-encoded without the block
+    assert torch.equal(restart[:4], normal[:4])
+
+
+def test_unfinished_memento_is_not_restarted():
+    m = MARKERS
+    ids = [m.think_start, m.block_start, 1, m.block_end, m.summary_start, 3]
+    assert torch.equal(memento_mask(ids, MARKERS, restart=True), memento_mask(ids, MARKERS))
+
+
+def test_additive_form():
+    mask = torch.tensor([[True, False], [True, True]])
+    add = additive_mask(mask)
+    assert add.shape == (1, 1, 2, 2)
+    assert add[0, 0, 0, 1] == torch.finfo(torch.float32).min and add[0, 0, 1, 0] == 0
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="keep_last_n_blocks"):
+        mask_from_spans(parse_spans([1], MARKERS), keep_last_n_blocks=-2)
+    with pytest.raises(ValueError, match="1-D"):
+        memento_mask(torch.zeros(1, 1, 3, dtype=torch.long), MARKERS)
+    ids = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="not contiguous"):
+        memento_mask(ids, MARKERS, padding_mask=torch.tensor([[1, 0, 1]]))
+    bad = torch.tensor([[MARKERS.think_start, MARKERS.block_end]])
+    with pytest.raises(ValueError, match="batch row 0.*position 1"):
+        memento_mask(bad, MARKERS, padding_mask=torch.ones(1, 2))
+
+
+def test_long_trace_keeps_only_recent_blocks():
+    """A 4K-token trace (its build time is measured in experiments/bench_mask.py)."""
+    m = MARKERS
+    ids = [1, m.think_start]
+    while len(ids) < 4000:
+        ids += [m.block_start, *[2] * 300, m.block_end, m.summary_start, *[3] * 30, m.summary_end]
+    ids.append(m.think_end)  # a query after the last summary_end: every block is complete for it
+    mask = memento_mask(ids, MARKERS, keep_last_n_blocks=1)
+    spans = parse_spans(ids, MARKERS)
+    visible_reasoning = mask[-1][torch.tensor([k == 1 for k in spans.kinds])].sum()
+    assert mask.shape == (len(ids), len(ids)) and visible_reasoning == 300  # only the last block's 300
