@@ -56,3 +56,48 @@ def model_preset(name: str) -> ModelPreset:
         return MODEL_PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    """Which KV entries Memento decoding evicts, with the reference vLLM engine's block-masking options.
+
+    keep_last_n_blocks: -1 no eviction (vanilla); 0 evict every completed block; N keep the N most
+        recently completed blocks.
+    mask_delimiters: evict `<|block_start|>`/`<|block_end|>` with the block (Phi-4) or keep them (Qwen3).
+    restart: when a memento completes, re-encode it (and a retained `<|block_end|>`) without its block.
+    max_block_tokens: force `<|block_end|>` once a block holds this many reasoning tokens (None: no cap).
+    keep_last_block_for_answer: evict at the next `<|block_start|>` instead of at `<|summary_end|>`, so
+        the last block before `</think>` stays visible to the answer.
+    """
+
+    keep_last_n_blocks: int = 0
+    mask_delimiters: bool = False
+    restart: bool = False
+    max_block_tokens: int | None = None
+    keep_last_block_for_answer: bool = False
+
+    def __post_init__(self):
+        if self.keep_last_n_blocks < -1:
+            raise ValueError(f"keep_last_n_blocks must be -1, 0 or N > 0, got {self.keep_last_n_blocks}")
+        if self.max_block_tokens is not None and self.max_block_tokens < 1:
+            raise ValueError(f"max_block_tokens must be a positive int or None, got {self.max_block_tokens}")
+        if self.restart and self.keep_last_n_blocks == -1:
+            raise ValueError("restart needs eviction (keep_last_n_blocks >= 0)")
+
+    @property
+    def evicts(self) -> bool:
+        return self.keep_last_n_blocks != -1
+
+    def mask_kwargs(self) -> dict:
+        """Keyword arguments of `leakage.mask.memento_mask` that describe the same attention pattern."""
+        return dict(keep_last_n_blocks=self.keep_last_n_blocks, mask_delimiters=self.mask_delimiters,
+                    restart=self.restart, keep_last_block_for_answer=self.keep_last_block_for_answer)
+
+
+EVICTION_PRESETS: dict[str, EvictionConfig] = {
+    "vanilla": EvictionConfig(keep_last_n_blocks=-1),
+    "memento": EvictionConfig(keep_last_n_blocks=0),  # the paper's setting, Qwen3 delimiters
+    "memento_phi4": EvictionConfig(keep_last_n_blocks=0, mask_delimiters=True),
+    "restart": EvictionConfig(keep_last_n_blocks=0, restart=True),
+}

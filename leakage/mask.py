@@ -51,8 +51,13 @@ _NEVER = torch.iinfo(torch.long).max
 
 
 def mask_from_spans(spans: TraceSpans, keep_last_n_blocks: int = 0, mask_delimiters: bool = False,
-                    restart: bool = False) -> torch.Tensor:
-    """Bool "may attend" matrix [T, T] for one parsed sequence (see module docstring)."""
+                    restart: bool = False, keep_last_block_for_answer: bool = False) -> torch.Tensor:
+    """Bool "may attend" matrix [T, T] for one parsed sequence (see module docstring).
+
+    `keep_last_block_for_answer` defers each eviction from block i+N's `<|summary_end|>` to the next
+    `<|block_start|>` (that delimiter already no longer sees block i): the block(s) before `</think>`
+    are then never evicted and stay visible to the answer.
+    """
     if keep_last_n_blocks < -1:
         raise ValueError(f"keep_last_n_blocks must be -1, 0 or a positive int, got {keep_last_n_blocks}")
     T = len(spans)
@@ -71,7 +76,10 @@ def mask_from_spans(spans: TraceSpans, keep_last_n_blocks: int = 0, mask_delimit
             continue
         lo, hi = block.masked_range(mask_delimiters)
         evicting = block.index + keep_last_n_blocks
-        if evicting < len(blocks) and blocks[evicting].is_complete:
+        if keep_last_block_for_answer:
+            if evicting + 1 < len(blocks):
+                hidden_from[lo:hi] = blocks[evicting + 1].block_start
+        elif evicting < len(blocks) and blocks[evicting].is_complete:
             hidden_from[lo:hi] = blocks[evicting].summary_end + 1
         if restart and block.is_complete:
             restart_lo[lo:hi] = hi
@@ -83,8 +91,9 @@ def mask_from_spans(spans: TraceSpans, keep_last_n_blocks: int = 0, mask_delimit
 
 
 def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: bool = False,
-                 restart: bool = False, *, padding_mask: torch.Tensor | None = None,
-                 prompt_len: int | Sequence[int] | None = None, plain_prompt: bool = True) -> torch.Tensor:
+                 restart: bool = False, *, keep_last_block_for_answer: bool = False, padding_mask: torch.Tensor | None = None,
+                 prompt_len: int | Sequence[int] | None = None, plain_prompt: bool = True,
+                 strict: bool = True) -> torch.Tensor:
     """The memento attention mask for token ids, True = may attend.
 
     Args:
@@ -93,18 +102,20 @@ def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: b
         keep_last_n_blocks: -1 plain causal, 0 mask every completed block, N keep the last N.
         mask_delimiters: also mask `<|block_start|>`/`<|block_end|>` (Phi-4 style) if True.
         restart: mementos are encoded without their own block (restart ablation).
+        keep_last_block_for_answer: evict at the next `<|block_start|>` instead (see `mask_from_spans`).
         padding_mask: [B, T], 1/True for real tokens (left or right padding, real tokens contiguous).
             Default for 2-D ids: `ids != tokenizer.pad_token_id` when the tokenizer has a pad token.
-        prompt_len / plain_prompt: passed to `parse_spans` (per row for a batch).
+        prompt_len / plain_prompt / strict: passed to `parse_spans` (prompt_len per row for a batch).
 
     Padding rows (queries at pad positions) attend only to themselves, so that no softmax row is
     empty; pad keys are never attended by real queries.
     """
     ids = torch.as_tensor(ids)
     markers = as_marker_ids(tokenizer)
-    spec = dict(keep_last_n_blocks=keep_last_n_blocks, mask_delimiters=mask_delimiters, restart=restart)
+    spec = dict(keep_last_n_blocks=keep_last_n_blocks, mask_delimiters=mask_delimiters, restart=restart,
+                keep_last_block_for_answer=keep_last_block_for_answer)
     if ids.dim() == 1:
-        spans = parse_spans(ids.tolist(), markers, prompt_len=prompt_len, plain_prompt=plain_prompt)
+        spans = parse_spans(ids.tolist(), markers, prompt_len=prompt_len, plain_prompt=plain_prompt, strict=strict)
         return mask_from_spans(spans, **spec)
     if ids.dim() != 2:
         raise ValueError(f"ids must be 1-D [T] or 2-D [B, T], got shape {tuple(ids.shape)}")
@@ -129,7 +140,7 @@ def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: b
         start, stop = int(real[0]), int(real[-1]) + 1
         try:
             spans = parse_spans(ids[row, start:stop].tolist(), markers, prompt_len=prompt_lens[row],
-                                plain_prompt=plain_prompt)
+                                plain_prompt=plain_prompt, strict=strict)
         except ValueError as err:
             raise ValueError(f"batch row {row} (real tokens from position {start}): {err}") from err
         out[row, start:stop, start:stop] = mask_from_spans(spans, **spec)

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AddedToken, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast, Qwen3Config,
                           Qwen3ForCausalLM)
 
-from leakage.config import INIT_NOISE_STD, INIT_WORDS, MEMENTO_TOKENS, THINK_END, THINK_START, model_preset
+from leakage.config import INIT_NOISE_STD, INIT_WORDS, MEMENTO_TOKENS, THINK_END, THINK_START, ModelPreset, model_preset
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
 
@@ -50,9 +50,9 @@ def build_tokenizer(words: tuple[str, ...] = SYNTHETIC_WORDS) -> PreTrainedToken
     return tokenizer
 
 
-def qwen3_config(preset: str, vocab_size: int, tokenizer=None) -> Qwen3Config:
-    """Qwen3 config (RoPE, GQA, QK-norm, tied embeddings) for a named `ModelPreset`."""
-    p = model_preset(preset)
+def qwen3_config(preset: str | ModelPreset, vocab_size: int, tokenizer=None) -> Qwen3Config:
+    """Qwen3 config (RoPE, GQA, QK-norm, tied embeddings) for a `ModelPreset` or its name."""
+    p = model_preset(preset) if isinstance(preset, str) else preset
     special = {}
     if tokenizer is not None:
         special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -68,8 +68,8 @@ def qwen3_config(preset: str, vocab_size: int, tokenizer=None) -> Qwen3Config:
     return config
 
 
-def build_model(preset: str = "tiny", seed: int = 0) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
-    """A freshly initialised Qwen3 model of a named preset and its synthetic tokenizer, Memento markers added.
+def build_model(preset: str | ModelPreset = "tiny", seed: int = 0) -> tuple[Qwen3ForCausalLM, PreTrainedTokenizerFast]:
+    """A freshly initialised Qwen3 model of a preset and its synthetic tokenizer, Memento markers added.
 
     Deterministic given `seed`. The model is in eval mode, float32, on the CPU.
     """

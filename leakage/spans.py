@@ -157,11 +157,18 @@ class SpanTracker:
     first `<think>` (the whole stream starts in the response if it opens with a Memento marker).
     With `plain_prompt=True`, any marker inside the prompt is an error; otherwise prompt tokens are
     never interpreted. Malformed streams raise `MalformedTraceError` naming the position.
+
+    With `strict=False` (the decoder's policy for generated streams) a token that would be malformed
+    is recorded in `errors` as (position, problem) and otherwise treated as an ordinary token of the
+    current state (reasoning inside a block, memento inside a summary, ...): it changes no span, and
+    the mask built from the same lenient parse still matches what the decoder evicts.
     """
 
     markers: MarkerIds
     prompt_len: int | None = None
     plain_prompt: bool = True
+    strict: bool = True
+    errors: list[tuple[int, str]] = field(default_factory=list)
     kinds: list[SpanKind] = field(default_factory=list)
     block_index: list[int] = field(default_factory=list)
     blocks: list[BlockSpan] = field(default_factory=list)
@@ -183,7 +190,13 @@ class SpanTracker:
     def feed(self, token_id: int) -> SpanKind:
         """Consume one token and return its kind."""
         pos = self.position
-        kind, block = self._transition(int(token_id), pos)
+        try:
+            kind, block = self._transition(int(token_id), pos)
+        except MalformedTraceError as err:
+            if self.strict:
+                raise
+            self.errors.append((err.position, err.problem))
+            kind, block = self._plain_kind()
         self.kinds.append(kind)
         self.block_index.append(block)
         return kind
@@ -298,15 +311,23 @@ class SpanTracker:
             self._phase = _Phase.ANSWER
             return SpanKind.OTHER, -1
 
-        if phase == _Phase.IN_BLOCK:
-            return SpanKind.BLOCK, current.index
-        if phase == _Phase.IN_SUMMARY:
-            return SpanKind.MEMENTO, current.index
+        return self._plain_kind()
+
+    def _plain_kind(self) -> tuple[SpanKind, int]:
+        """Kind and block index of an ordinary (non-marker) token in the current state."""
+        if self._phase == _Phase.PROMPT:
+            return SpanKind.PROMPT, -1
+        if self._phase == _Phase.ANSWER:
+            return SpanKind.ANSWER, -1
+        if self._phase == _Phase.IN_BLOCK:
+            return SpanKind.BLOCK, self.blocks[-1].index
+        if self._phase == _Phase.IN_SUMMARY:
+            return SpanKind.MEMENTO, self.blocks[-1].index
         return SpanKind.OTHER, -1
 
 
 def parse_spans(ids: Sequence[int], tokenizer, *, prompt_len: int | None = None,
-                plain_prompt: bool = True) -> TraceSpans:
+                plain_prompt: bool = True, strict: bool = True) -> TraceSpans:
     """Parse token ids into per-position kinds and block spans.
 
     Args:
@@ -314,6 +335,7 @@ def parse_spans(ids: Sequence[int], tokenizer, *, prompt_len: int | None = None,
         tokenizer: an HF tokenizer holding the Memento markers, or a `MarkerIds`.
         prompt_len: number of prompt tokens; `None` = everything before the first `<think>`.
         plain_prompt: if True, a marker inside the prompt raises `MalformedTraceError`.
+        strict: if False, malformed tokens are treated as ordinary tokens (see `SpanTracker`).
 
     An unfinished trailing block or summary (generation still running) is legal: see
     `TraceSpans.open_block`.
@@ -322,6 +344,6 @@ def parse_spans(ids: Sequence[int], tokenizer, *, prompt_len: int | None = None,
         ids = ids.tolist()
     if ids and isinstance(ids[0], list):
         raise ValueError("parse_spans takes one sequence (1-D ids); parse batch rows one at a time")
-    tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len, plain_prompt=plain_prompt)
+    tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len, plain_prompt=plain_prompt, strict=strict)
     tracker.feed_all(ids)
     return tracker.spans()

@@ -10,9 +10,11 @@ WORD = st.integers(min_value=0, max_value=9)
 
 
 @st.composite
-def memento_streams(draw, max_blocks: int = 4, allow_unfinished: bool = True) -> list[int]:
+def memento_streams(draw, max_blocks: int = 4, allow_unfinished: bool = True, markers: MarkerIds = MARKERS,
+                    words=WORD) -> list[int]:
     """prompt <think> [bs r* be (gap)? ss m* se (gap)?]* (</think> answer | an unfinished tail)."""
-    m = MARKERS
+    m = markers
+    WORD = words
     ids = draw(st.lists(WORD, max_size=3)) + [m.think_start]
     for _ in range(draw(st.integers(0, max_blocks))):
         ids += [m.block_start, *draw(st.lists(WORD, max_size=4)), m.block_end]

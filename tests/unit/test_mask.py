@@ -12,7 +12,7 @@ from tests.strategies import MARKERS, memento_streams
 SPECS = [(keep, delim, restart) for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True)]
 
 
-def reference_mask(ids, keep, mask_delimiters, restart):
+def reference_mask(ids, keep, mask_delimiters, restart, for_answer=False):
     """Loop over (query, key) pairs, scanning raw ids; shares no code with leakage.spans / leakage.mask."""
     m = MARKERS
     T = len(ids)
@@ -44,6 +44,8 @@ def reference_mask(ids, keep, mask_delimiters, restart):
     out = torch.zeros(T, T, dtype=torch.bool)
     for q in range(T):
         completed = [i for i, b in enumerate(blocks) if b["se"] is not None and b["se"] < q]
+        if for_answer:  # evictions wait for the next <|block_start|>, which itself no longer sees the block
+            completed = [i for i in completed if any(b["bs"] <= q for b in blocks[i + 1:])]
         for k in range(q + 1):
             allowed = True
             i = masked_block_of(k)
@@ -59,12 +61,13 @@ def reference_mask(ids, keep, mask_delimiters, restart):
     return out
 
 
-@settings(max_examples=150, deadline=None)
-@given(ids=memento_streams(), spec=st.sampled_from(SPECS))
-def test_mask_matches_brute_force(ids, spec):
+@settings(max_examples=200, deadline=None)
+@given(ids=memento_streams(), spec=st.sampled_from(SPECS), for_answer=st.booleans())
+def test_mask_matches_brute_force(ids, spec, for_answer):
     keep, delim, restart = spec
-    got = memento_mask(ids, MARKERS, keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart)
-    assert torch.equal(got, reference_mask(ids, keep, delim, restart))
+    got = memento_mask(ids, MARKERS, keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart,
+                       keep_last_block_for_answer=for_answer)
+    assert torch.equal(got, reference_mask(ids, keep, delim, restart, for_answer))
 
 
 @settings(max_examples=40, deadline=None)

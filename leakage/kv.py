@@ -1,0 +1,110 @@
+"""KV accounting: per-step cache sizes, peak, AUC and bytes, and a model-free KV simulator.
+
+Step convention: `cached_tokens[t]` is the number of KV entries the cache holds while position t is
+computed, t's own entry included — i.e. the number of keys query t attends to, `mask[t].sum()` for the
+memento mask of the same config. Evictions triggered by a `<|summary_end|>` at t take effect before
+step t + 1; a deferred eviction (`keep_last_block_for_answer`) takes effect before the
+`<|block_start|>` that triggers it. Peak and AUC are taken over the response steps (after the prompt),
+as the paper plots cache size against generated tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from leakage.config import EvictionConfig
+from leakage.spans import SpanKind, SpanTracker, as_marker_ids
+
+
+def kv_bytes_per_token(n_layers: int, n_kv_heads: int, d_head: int, bytes_per_value: int = 2) -> int:
+    """2 (K and V) x layers x KV heads x head dim x bytes per value (144 KB for Qwen3-8B in bf16)."""
+    return 2 * n_layers * n_kv_heads * d_head * bytes_per_value
+
+
+def kv_bytes_per_token_of(config, bytes_per_value: int = 2) -> int:
+    """`kv_bytes_per_token` for an HF config (num_hidden_layers, num_key_value_heads, head_dim)."""
+    d_head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, d_head, bytes_per_value)
+
+
+@dataclass
+class KVTrace:
+    """Cache size at every position of one sequence (see module docstring for the step convention)."""
+
+    cached_tokens: list[int]
+    prompt_len: int
+
+    @property
+    def response_steps(self) -> list[int]:
+        return self.cached_tokens[self.prompt_len:]
+
+    @property
+    def peak(self) -> int:
+        """Largest cache size during the response (tokens); the prompt length if there is no response."""
+        return max(self.response_steps, default=self.prompt_len)
+
+    @property
+    def auc(self) -> int:
+        """Area under cache size vs generated tokens (token x steps)."""
+        return sum(self.response_steps)
+
+    def peak_bytes(self, bytes_per_token: int) -> int:
+        return self.peak * bytes_per_token
+
+
+def simulate_kv(ids: Sequence[int], tokenizer, config: EvictionConfig, prompt_len: int | None = None) -> KVTrace:
+    """Replay a token sequence through the block tracker, without a model, and count cached tokens per step.
+
+    Agrees step by step with the decoder's measured cache sizes (and with the row sums of
+    `memento_mask` for the same config); restart mode has the same sizes as normal mode, since it
+    re-encodes retained entries rather than keeping others. O(T) time.
+    """
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len)
+    counts: list[int] = []
+    cached = 0
+    keep = config.keep_last_n_blocks
+    for token_id in ids:
+        kind = tracker.feed(token_id)
+        blocks = tracker.blocks
+        if (config.evicts and config.keep_last_block_for_answer and kind == SpanKind.BLOCK_DELIM
+                and blocks[-1].block_start == tracker.position - 1):
+            cached -= _evicted_size(blocks, len(blocks) - 2 - keep, config)  # deferred eviction, before this step
+        cached += 1
+        counts.append(cached)
+        if (config.evicts and not config.keep_last_block_for_answer and kind == SpanKind.MEMENTO_DELIM
+                and blocks[-1].summary_end == tracker.position - 1):
+            cached -= _evicted_size(blocks, len(blocks) - 1 - keep, config)  # takes effect at the next step
+    return KVTrace(cached_tokens=counts, prompt_len=tracker.spans().prompt_len)
+
+
+def _evicted_size(blocks, index: int, config: EvictionConfig) -> int:
+    if index < 0:
+        return 0
+    lo, hi = blocks[index].masked_range(config.mask_delimiters)
+    return hi - lo
+
+
+def uniform_trace_peaks(prompt: int, n_blocks: int, block_tokens: int, memento_tokens: int, answer_tokens: int,
+                        mask_delimiters: bool = False) -> tuple[int, int]:
+    """Analytic (vanilla, memento) peak cache sizes for a uniform trace, `keep_last_n_blocks=0`.
+
+    The trace is `prompt` tokens, `<think>`, n blocks of b reasoning tokens each followed by an m-token
+    memento (each block + memento is b + m + 4 tokens with the four delimiters), `</think>`, and `a`
+    answer tokens; T = prompt + 1 + n(b + m + 4) + 1 + a.
+
+    Vanilla keeps everything, so its peak is the last step: T.
+    Memento keeps, per completed block, its memento with both summary delimiters plus the two block
+    delimiters unless they are masked: r = m + 4 (Qwen3 style) or r = m + 2 (`mask_delimiters`).
+    The cache is largest either at the `<|summary_end|>` of the last block, just before that block is
+    evicted — prompt + 1 + (n - 1) r + (b + m + 4) — or at the last answer token — prompt + 1 + n r + 1 + a:
+
+        peak_memento = prompt + 1 + (n - 1) r + max(b + m + 4, r + 1 + a)
+
+    For b much larger than m and a, the ratio T / peak_memento tends to n (b + m + 4) / (b + n r).
+    """
+    r = memento_tokens + (2 if mask_delimiters else 4)
+    total = prompt + 1 + n_blocks * (block_tokens + memento_tokens + 4) + 1 + answer_tokens
+    memento = prompt + 1 + (n_blocks - 1) * r + max(block_tokens + memento_tokens + 4, r + 1 + answer_tokens)
+    return total, memento
