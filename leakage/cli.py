@@ -46,6 +46,70 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace):
+    from leakage.model import build_model, load_model
+
+    if args.checkpoint:
+        return load_model(args.checkpoint)
+    return build_model(args.preset, seed=args.seed)
+
+
+def _marked(ids: list[int], tokenizer, prompt_len: int) -> str:
+    """The decoded sequence with its prompt, blocks, mementos and answer on labelled lines."""
+    from leakage.spans import MarkerIds, SpanKind, parse_spans
+
+    spans = parse_spans(ids, tokenizer, prompt_len=prompt_len, plain_prompt=False, strict=False)
+    markers = MarkerIds.from_tokenizer(tokenizer).all_ids
+    labels = {SpanKind.PROMPT: "prompt", SpanKind.BLOCK: "block", SpanKind.MEMENTO: "memento",
+              SpanKind.ANSWER: "answer", SpanKind.OTHER: "outside"}
+    segments: list[tuple[str, list[int]]] = []  # (label, token ids), consecutive positions merged
+    for position, (token_id, kind, block) in enumerate(zip(ids, spans.kinds, spans.block_index)):
+        if kind not in labels or (token_id in markers and position >= prompt_len):
+            continue  # the format markers themselves
+        label = labels[kind] + (f" {block}" if block >= 0 else "")
+        if segments and segments[-1][0] == label:
+            segments[-1][1].append(token_id)
+        else:
+            segments.append((label, [token_id]))
+    return "\n".join(f"  [{label:>10}] {tokenizer.decode(seg)}" for label, seg in segments)
+
+
+def _decode(args: argparse.Namespace) -> int:
+    """Decode (or teacher-force) with block eviction; print the marked trace and the KV summary."""
+    from leakage.config import EvictionConfig
+    from leakage.decode import generate, teacher_force
+    from leakage.kv import kv_bytes_per_token_of, simulate_kv
+
+    model, tokenizer = _load(args)
+    config = EvictionConfig(keep_last_n_blocks=args.keep_last_n_blocks, mask_delimiters=args.mask_delimiters,
+                            restart=args.restart, max_block_tokens=args.max_block_tokens)
+    prompt = tokenizer.encode(args.prompt, add_special_tokens=False)
+    if args.teacher_force:
+        ids = prompt + tokenizer.encode(args.teacher_force, add_special_tokens=False)
+        seq = teacher_force(model, tokenizer, ids, config, prompt_len=len(prompt)).sequences[0]
+    else:
+        seq = generate(model, tokenizer, prompt, config, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed).sequences[0]
+    print(_marked(seq.ids, tokenizer, seq.prompt_len))
+    for position, problem in seq.malformed:
+        print(f"  malformed at position {position}: {problem}")
+    vanilla = simulate_kv(seq.ids[:len(seq.kv.cached_tokens)], tokenizer, EvictionConfig(keep_last_n_blocks=-1),
+                          prompt_len=seq.prompt_len, plain_prompt=False, strict=False)
+    per_token = kv_bytes_per_token_of(model.config, bytes_per_value=2)
+    print(f"\nKV cache ({config}):")
+    print(f"  memento: peak {seq.kv.peak} tokens ({seq.kv.peak_bytes(per_token):,} bytes bf16), AUC {seq.kv.auc:,}")
+    print(f"  vanilla: peak {vanilla.peak} tokens ({vanilla.peak_bytes(per_token):,} bytes bf16), AUC {vanilla.auc:,}")
+    if seq.kv.peak:
+        print(f"  peak ratio {vanilla.peak / seq.kv.peak:.2f}x, AUC ratio {vanilla.auc / max(seq.kv.auc, 1):.2f}x")
+    if args.plot:
+        from leakage.plotting import plot_kv_sawtooth
+
+        path = plot_kv_sawtooth({"vanilla": vanilla, "memento": seq.kv}, args.plot,
+                                title=f"KV cache during decoding ({len(seq.response)} tokens)")
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leakage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep-last-n-blocks", type=int, default=0)
     demo.add_argument("--mask-delimiters", action="store_true")
     demo.set_defaults(func=_demo)
+
+    decode = sub.add_parser("decode", help="decode with block eviction; print the marked trace and KV summary")
+    decode.add_argument("--checkpoint", help="local HF checkpoint directory (default: a fresh --preset model)")
+    decode.add_argument("--preset", default="tiny")
+    decode.add_argument("--prompt", required=True, help="prompt text (e.g. 'what is the sum ? <think>')")
+    decode.add_argument("--teacher-force", metavar="TEXT", help="feed this response instead of sampling one")
+    decode.add_argument("--max-new-tokens", type=int, default=256)
+    decode.add_argument("--keep-last-n-blocks", type=int, default=0)
+    decode.add_argument("--mask-delimiters", action="store_true")
+    decode.add_argument("--restart", action="store_true")
+    decode.add_argument("--max-block-tokens", type=int)
+    decode.add_argument("--temperature", type=float, default=0.0)
+    decode.add_argument("--top-k", type=int)
+    decode.add_argument("--top-p", type=float)
+    decode.add_argument("--seed", type=int, default=0)
+    decode.add_argument("--plot", metavar="PNG", help="write the KV sawtooth figure here")
+    decode.set_defaults(func=_decode)
     return parser
 
 

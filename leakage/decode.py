@@ -135,8 +135,13 @@ class _Row:
                               attended=self.attended, cache_after=self.cache_after)
 
 
-class _Decoder:
-    """Holds the batched cache, its slot table and one tracker per row; advances all rows together."""
+class Decoder:
+    """The stepping API under `generate`/`teacher_force`: a batched cache, its slot table, one tracker per row.
+
+    `prefill()` encodes the prompts; each `step(tokens)` feeds one token per row (None: idle) and
+    applies the evictions (and restart re-encodings) those tokens trigger. Use it directly to time or
+    intervene between steps; `rows[b].ids`, `table` and `cache` expose the state.
+    """
 
     def __init__(self, model, tokenizer, config: EvictionConfig, prompts: list[list[int]],
                  record_cache: bool = False, intervention: Callable | None = None):
@@ -313,7 +318,7 @@ def generate(model, tokenizer, prompt_ids, config: EvictionConfig = EvictionConf
     prompts = _as_batch(prompt_ids)
     if any(len(p) == 0 for p in prompts):
         raise ValueError(f"empty prompt at batch index {[len(p) for p in prompts].index(0)}: nothing to predict from")
-    decoder = _Decoder(model, tokenizer, config, prompts, record_cache, intervention)
+    decoder = Decoder(model, tokenizer, config, prompts, record_cache, intervention)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = tokenizer.eos_token_id
     prefill_logits = decoder.prefill()
@@ -369,7 +374,7 @@ def teacher_force(model, tokenizer, ids, config: EvictionConfig = EvictionConfig
     lens = prompt_len if isinstance(prompt_len, Sequence) else [prompt_len] * len(seqs)
     lens = [n if n is not None else parse_spans(s, tokenizer, strict=False).prompt_len for s, n in zip(seqs, lens)]
     lens = [max(n, 1) for n in lens]  # at least one prefilled token to predict from
-    decoder = _Decoder(model, tokenizer, config, [s[:n] for s, n in zip(seqs, lens)], record_cache, intervention)
+    decoder = Decoder(model, tokenizer, config, [s[:n] for s, n in zip(seqs, lens)], record_cache, intervention)
     T = max(len(s) for s in seqs)
     prefill = decoder.prefill()
     out = torch.zeros(len(seqs), T, prefill.shape[-1])

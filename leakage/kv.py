@@ -53,15 +53,17 @@ class KVTrace:
         return self.peak * bytes_per_token
 
 
-def simulate_kv(ids: Sequence[int], tokenizer, config: EvictionConfig, prompt_len: int | None = None) -> KVTrace:
+def simulate_kv(ids: Sequence[int], tokenizer, config: EvictionConfig, prompt_len: int | None = None,
+                plain_prompt: bool = True, strict: bool = True) -> KVTrace:
     """Replay a token sequence through the block tracker, without a model, and count cached tokens per step.
 
     Agrees step by step with the decoder's measured cache sizes (and with the row sums of
     `memento_mask` for the same config); restart mode has the same sizes as normal mode, since it
-    re-encodes retained entries rather than keeping others. O(T) time.
+    re-encodes retained entries rather than keeping others. O(T) time. `plain_prompt` and `strict` are
+    the tracker's (the decoder replays generated sequences with both False).
     """
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len)
+    tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len, plain_prompt=plain_prompt, strict=strict)
     counts: list[int] = []
     cached = 0
     keep = config.keep_last_n_blocks

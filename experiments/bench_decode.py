@@ -1,0 +1,166 @@
+"""Vanilla vs Memento decoding on the same traces and model: KV, speed, overhead, fixed-budget throughput.
+
+    python experiments/bench_decode.py --out figures/bench_decode.json
+
+Traces are uniform synthetic Memento traces (blocks of reasoning tokens, short mementos) fed through
+the decoder step by step (teacher forcing runs the same per-token forward as generation). The model is
+the `tiny` preset; its weights do not affect speed. Reports:
+
+* peak KV and KV AUC ratios (vanilla / memento), bytes at bf16 for this model;
+* tokens/s for one sequence, vanilla and memento;
+* per-token overhead of eviction decoding at equal cache length: each memento step's time against the
+  vanilla step that ran with the same physical cache length, plus the time spent in the tracker and
+  compaction alone;
+* a fixed KV budget: the budget holds `--budget-seqs` vanilla sequences at their peak; as many memento
+  sequences as fit at their peak are decoded as one batch; aggregate tokens/s of both, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+
+from leakage.cache import compact
+from leakage.config import EvictionConfig
+from leakage.decode import Decoder
+from leakage.io import atomic_write_json
+from leakage.kv import kv_bytes_per_token_of, simulate_kv
+from leakage.model import build_model
+from leakage.plotting import plot_kv_sawtooth
+from leakage.trace import MementoTrace
+
+VANILLA = EvictionConfig(keep_last_n_blocks=-1)
+MEMENTO = EvictionConfig(keep_last_n_blocks=0)
+
+
+def uniform_trace(tokenizer, n_blocks: int, block_tokens: int, memento_tokens: int, seed: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    digits = lambda n: " ".join(str(d) for d in rng.integers(0, 10, n))  # noqa: E731
+    trace = MementoTrace("what is the sum ?", [(digits(block_tokens), digits(memento_tokens))] * n_blocks,
+                         digits(3))
+    return trace.to_ids(tokenizer)
+
+
+class TimedCompaction:
+    """Wraps `leakage.cache.compact` as used by the decoder to add up its wall time."""
+
+    def __init__(self):
+        self.seconds = 0.0
+
+    def __call__(self, *args):
+        start = time.perf_counter()
+        compact(*args)
+        self.seconds += time.perf_counter() - start
+
+
+def run(model, tokenizer, seqs: list[list[int]], config: EvictionConfig, prompt_len: int) -> dict:
+    """Decode `seqs` as one batch in lockstep; per-step wall time and physical cache length."""
+    import leakage.decode as decode_module
+
+    timer = TimedCompaction()
+    decode_module.compact = timer
+    try:
+        decoder = Decoder(model, tokenizer, config, [s[:prompt_len] for s in seqs])
+        start = time.perf_counter()
+        decoder.prefill()
+        step_times, slots = [], []
+        for t in range(prompt_len, len(seqs[0])):
+            slots.append(decoder.table.n_slots + 1)
+            s0 = time.perf_counter()
+            decoder.step([s[t] for s in seqs])
+            step_times.append(time.perf_counter() - s0)
+        total = time.perf_counter() - start
+    finally:
+        decode_module.compact = compact
+    steps = len(seqs[0]) - prompt_len
+    tracker_start = time.perf_counter()  # the tracker alone, replayed without a model
+    for s in seqs:
+        simulate_kv(s, tokenizer, config)
+    tracker_seconds = time.perf_counter() - tracker_start
+    return {"seconds": total, "tokens": steps * len(seqs), "tokens_per_s": steps * len(seqs) / total,
+            "step_times": step_times, "slots": slots, "compaction_seconds": timer.seconds,
+            "tracker_seconds": tracker_seconds,
+            "kv": [r.result().kv for r in decoder.rows]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="figures/bench_decode.json")
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--block-tokens", type=int, default=60)
+    parser.add_argument("--memento-tokens", type=int, default=6)
+    parser.add_argument("--budget-seqs", type=int, default=6, help="vanilla sequences the KV budget holds")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--plot", default="figures/kv_sawtooth_bench.png", help="sawtooth figure of the trace")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tokenizer = build_model("tiny", seed=0)
+    trace = uniform_trace(tokenizer, args.blocks, args.block_tokens, args.memento_tokens, seed=0)
+    prompt_len = trace.index(tokenizer.convert_tokens_to_ids("<think>"))
+    run(model, tokenizer, [trace], VANILLA, prompt_len)  # warm-up
+
+    single = {name: run(model, tokenizer, [trace], cfg, prompt_len) for name, cfg in
+              (("vanilla", VANILLA), ("memento", MEMENTO))}
+    kv_v, kv_m = single["vanilla"]["kv"][0], single["memento"]["kv"][0]
+    bytes_per_token = kv_bytes_per_token_of(model.config, bytes_per_value=2)
+
+    # per-token overhead at equal cache length: each memento step against the vanilla step that ran
+    # with the same physical cache length (vanilla passes through every length once)
+    vanilla_time = dict(zip(single["vanilla"]["slots"], single["vanilla"]["step_times"]))
+    pairs = [(t, vanilla_time[s]) for s, t in zip(single["memento"]["slots"], single["memento"]["step_times"])
+             if s in vanilla_time]
+    memento_t, vanilla_t = np.array(pairs).T
+
+    # fixed KV budget: as many sequences as fit at their peak
+    budget = args.budget_seqs * kv_v.peak
+    n_memento = budget // kv_m.peak
+    batch = {}
+    for name, cfg, n in (("vanilla", VANILLA, args.budget_seqs), ("memento", MEMENTO, n_memento)):
+        seqs = [uniform_trace(tokenizer, args.blocks, args.block_tokens, args.memento_tokens, seed=i) for i in range(n)]
+        result = run(model, tokenizer, seqs, cfg, prompt_len)
+        batch[name] = {"sequences": n, "peak_slots": max(result["slots"]), "seconds": result["seconds"],
+                       "aggregate_tokens_per_s": result["tokens_per_s"]}
+        print(name, batch[name])
+
+    command = ("python experiments/bench_decode.py --out " + args.out +
+               f" --blocks {args.blocks} --block-tokens {args.block_tokens} --memento-tokens {args.memento_tokens}"
+               f" --budget-seqs {args.budget_seqs} --threads {args.threads} --plot {args.plot}")
+    report = {
+        "command": command,
+        "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": args.threads},
+        "model": {"preset": "tiny", "kv_bytes_per_token_bf16": bytes_per_token},
+        "trace": {"tokens": len(trace), "prompt_tokens": prompt_len, "blocks": args.blocks,
+                  "block_tokens": args.block_tokens, "memento_tokens": args.memento_tokens},
+        "kv": {"vanilla_peak": kv_v.peak, "memento_peak": kv_m.peak, "peak_ratio": kv_v.peak / kv_m.peak,
+               "vanilla_auc": kv_v.auc, "memento_auc": kv_m.auc, "auc_ratio": kv_v.auc / kv_m.auc,
+               "vanilla_peak_bytes": kv_v.peak_bytes(bytes_per_token),
+               "memento_peak_bytes": kv_m.peak_bytes(bytes_per_token)},
+        "single_sequence": {name: {"tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"],
+                                   "compaction_seconds": r["compaction_seconds"],
+                                   "tracker_seconds": r["tracker_seconds"]} for name, r in single.items()},
+        "overhead_at_equal_cache_length": {
+            "matched_steps": len(pairs),
+            "total_time_ratio_minus_1": float(memento_t.sum() / vanilla_t.sum() - 1),
+            "median_step_ratio_minus_1": float(np.median(memento_t / vanilla_t) - 1),
+            "tracker_plus_compaction_share_of_memento_time":
+                (single["memento"]["compaction_seconds"] + single["memento"]["tracker_seconds"])
+                / single["memento"]["seconds"],
+        },
+        "fixed_kv_budget": {"budget_tokens": budget, **batch,
+                            "throughput_ratio": batch["memento"]["aggregate_tokens_per_s"]
+                            / batch["vanilla"]["aggregate_tokens_per_s"],
+                            "sequences_ratio": n_memento / args.budget_seqs},
+    }
+    atomic_write_json(args.out, report)
+    plot_kv_sawtooth({"vanilla": kv_v, "memento (keep_last_n_blocks=0)": kv_m}, args.plot,
+                     title=f"{args.blocks} blocks x {args.block_tokens} tokens, mementos of {args.memento_tokens}")
+    for key in ("kv", "single_sequence", "overhead_at_equal_cache_length", "fixed_kv_budget"):
+        print(key, report[key])
+
+
+if __name__ == "__main__":
+    main()

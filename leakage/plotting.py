@@ -1,0 +1,44 @@
+"""Figure style and save helpers. Reads results; never runs a model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from leakage.kv import KVTrace  # noqa: E402
+
+
+def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
+    """Save a matplotlib figure atomically (temp file, then rename) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        plt.close(fig)
+    return path
+
+
+def plot_kv_sawtooth(traces: dict[str, KVTrace], path: str | Path, title: str = "") -> Path:
+    """Cache size (tokens) against generated tokens for each named trace (paper Fig. 1 right / Fig. 5)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, trace in traces.items():
+        steps = range(1, len(trace.response_steps) + 1)
+        ax.plot(steps, trace.response_steps, label=f"{name} (peak {trace.peak}, AUC {trace.auc:,})", lw=1.4)
+    ax.set_xlabel("generated tokens")
+    ax.set_ylabel("KV cache (tokens)")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return save_figure(fig, path)
