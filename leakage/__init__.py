@@ -1,22 +1,36 @@
 """leakage: Memento reimplemented on HF causal LMs, and tools to measure what erased blocks leak.
 
 Data flows one way: trace -> token ids -> spans -> mask -> model -> KV cache -> experiments -> figures.
+
+Top-level names are imported on first use (PEP 562), so `import leakage` and `leakage --help` stay fast
+and torch/transformers load only when a model-facing name is touched.
 """
 
-from leakage.config import MEMENTO_TOKENS, MODEL_PRESETS, ModelPreset
-from leakage.hooks import CachedKV, collect_kv, key_hook, value_hook
-from leakage.mask import additive_mask, format_mask, mask_from_spans, memento_mask
-from leakage.model import add_memento_tokens, build_model, build_tokenizer, load_model, save_model
-from leakage.spans import BlockSpan, MalformedTraceError, MarkerIds, SpanKind, SpanTracker, TraceSpans, parse_spans
-from leakage.trace import MementoTrace, OpenMementosRecord, read_openmementos, write_openmementos
-from leakage.views import to_bridge, to_nnsight
+import importlib
 
-__all__ = [
-    "MEMENTO_TOKENS", "MODEL_PRESETS", "ModelPreset",
-    "CachedKV", "collect_kv", "key_hook", "value_hook",
-    "additive_mask", "format_mask", "mask_from_spans", "memento_mask",
-    "add_memento_tokens", "build_model", "build_tokenizer", "load_model", "save_model",
-    "BlockSpan", "MalformedTraceError", "MarkerIds", "SpanKind", "SpanTracker", "TraceSpans", "parse_spans",
-    "MementoTrace", "OpenMementosRecord", "read_openmementos", "write_openmementos",
-    "to_bridge", "to_nnsight",
-]
+_EXPORTS = {
+    "leakage.config": ["EVICTION_PRESETS", "MEMENTO_TOKENS", "MODEL_PRESETS", "EvictionConfig", "ModelPreset"],
+    "leakage.decode": ["Decoder", "generate", "teacher_force"],
+    "leakage.hooks": ["CachedKV", "collect_kv", "key_hook", "value_hook"],
+    "leakage.kv": ["KVTrace", "kv_bytes_per_token", "simulate_kv"],
+    "leakage.mask": ["additive_mask", "format_mask", "mask_from_spans", "memento_mask"],
+    "leakage.model": ["add_memento_tokens", "build_model", "build_tokenizer", "load_model", "save_model"],
+    "leakage.spans": ["BlockSpan", "MalformedTraceError", "MarkerIds", "SpanKind", "SpanTracker", "TraceSpans",
+                      "parse_spans"],
+    "leakage.trace": ["MementoTrace", "OpenMementosRecord", "read_openmementos", "write_openmementos"],
+    "leakage.views": ["to_bridge", "to_nnsight"],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'leakage' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

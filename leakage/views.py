@@ -18,6 +18,11 @@ def to_bridge(model):
     """A TransformerLens 4 `TransformerBridge` over `model` (shares its parameters; works offline).
 
     Hook names follow TransformerLens (`blocks.{i}.attn.hook_rot_k`, ...); see `leakage.hooks`.
+
+    Building the bridge replaces the module's attention layers, in place, by TransformerLens
+    components that compute the same function (tested to 1e-6) and switches it to eager attention.
+    Plain HF eager attention *adds* a 4D `attention_mask` to the scores, so always pass masks to the
+    HF module in additive form (`leakage.mask.additive_mask`); the bridge also accepts bool masks.
     """
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 

@@ -109,8 +109,7 @@ def test_peak_kv_ratio_on_ten_block_trace_matches_analytic_value():
 def test_bridge_and_hf_decode_identically_and_hooks_fire():
     from leakage.views import to_bridge
 
-    model, _ = MODELS["tiny"]
-    bridge = to_bridge(model)
+    model, _ = build_model("tiny", seed=11)  # its own copy: to_bridge swaps the attention modules in place
     prompt = MementoTrace("sum", [("1 2", "3")], "3").to_ids(TOKENIZER)[:4]
     calls = []
 
@@ -118,13 +117,13 @@ def test_bridge_and_hf_decode_identically_and_hooks_fire():
         calls.append(hook.name)
 
     hf = generate(model, TOKENIZER, prompt, EvictionConfig(), max_new_tokens=12, temperature=0.8, seed=3)
+    tf_hf = teacher_force(model, TOKENIZER, hf.sequences[0].ids, EvictionConfig(), prompt_len=4)
+    bridge = to_bridge(model)
     with bridge.hooks(fwd_hooks=[("blocks.0.attn.hook_rot_k", count)]):
         br = generate(bridge, TOKENIZER, prompt, EvictionConfig(), max_new_tokens=12, temperature=0.8, seed=3)
     assert hf.tokens == br.tokens
     assert len(calls) == len(br.cache_slots), "hook fires once per forward"
-    ids = hf.sequences[0].ids
-    tf_hf = teacher_force(model, TOKENIZER, ids, EvictionConfig(), prompt_len=4)
-    tf_br = teacher_force(bridge, TOKENIZER, ids, EvictionConfig(), prompt_len=4)
+    tf_br = teacher_force(bridge, TOKENIZER, hf.sequences[0].ids, EvictionConfig(), prompt_len=4)
     assert (tf_hf.logits - tf_br.logits).abs().max() < 1e-5
 
 

@@ -5,6 +5,7 @@ from transformers import DynamicCache
 
 from leakage.hooks import collect_kv
 from leakage.mask import additive_mask, memento_mask
+from leakage.model import build_model
 from leakage.trace import MementoTrace
 from leakage.views import to_bridge, to_nnsight
 
@@ -24,20 +25,22 @@ def test_bridge_wraps_the_same_module(tiny):
     assert next(bridge.parameters()).data_ptr() == next(model.parameters()).data_ptr()
 
 
-def test_three_views_agree_under_the_memento_mask(tiny):
-    model, tokenizer = tiny
+def test_three_views_agree_under_the_memento_mask():
+    model, tokenizer = build_model("tiny", seed=4)  # never bridged: to_bridge swaps its attention modules
     ids, mask = _batch(tokenizer)
+    attention = additive_mask(mask)  # HF eager attention adds a 4D mask: pass the additive form
     with torch.no_grad():
-        hf = model(ids, attention_mask=mask[:, None]).logits
-        hf_additive = model(ids, attention_mask=additive_mask(mask)).logits
+        hf = model(ids, attention_mask=attention).logits
         causal = model(ids).logits
-        bridge = to_bridge(model)(ids, attention_mask=mask[:, None])
         view = to_nnsight(model)
-        with view.trace(ids, attention_mask=mask[:, None]):
+        with view.trace(ids, attention_mask=attention):
             nn_logits = view.output.logits.save()
-    assert torch.equal(hf, hf_additive)
-    assert torch.allclose(hf, bridge, atol=1e-6, rtol=0)
+        bridge = to_bridge(model)
+        bridge_additive = bridge(ids, attention_mask=attention)
+        bridge_bool = bridge(ids, attention_mask=mask[:, None])
     assert torch.allclose(hf, nn_logits, atol=1e-6, rtol=0)
+    assert torch.allclose(hf, bridge_additive, atol=1e-6, rtol=0)
+    assert torch.allclose(hf, bridge_bool, atol=1e-6, rtol=0)
     first_masked = int(mask[0].logical_not().tril().any(1).nonzero()[0])
     assert torch.allclose(hf[:, :first_masked], causal[:, :first_masked], atol=1e-6)
     assert (hf[:, first_masked:] - causal[:, first_masked:]).abs().max() > 1e-3, "mask had no effect"
@@ -48,9 +51,9 @@ def test_run_with_cache_exposes_cached_keys_and_values(tiny):
     ids, mask = _batch(tokenizer)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(ids, attention_mask=mask[:, None], past_key_values=cache, use_cache=True)
+        model(ids, attention_mask=additive_mask(mask), past_key_values=cache, use_cache=True)
     positions = [3, 7, ids.shape[1] - 1]
-    kv = collect_kv(to_bridge(model), ids, positions=positions, attention_mask=mask[:, None])
+    kv = collect_kv(to_bridge(model), ids, positions=positions, attention_mask=additive_mask(mask))
     L = model.config.num_hidden_layers
     assert kv.keys.shape == (L, 1, model.config.num_key_value_heads, len(positions), model.config.head_dim)
     for layer in range(L):
@@ -63,8 +66,8 @@ def test_nnsight_intervention_changes_the_output(tiny):
     ids, mask = _batch(tokenizer)
     view = to_nnsight(model)
     with torch.no_grad():
-        with view.trace(ids, attention_mask=mask[:, None]):
+        with view.trace(ids, attention_mask=additive_mask(mask)):
             view.model.layers[1].self_attn.v_proj.output[:] = 0
             patched = view.output.logits.save()
-        clean = model(ids, attention_mask=mask[:, None]).logits
+        clean = model(ids, attention_mask=additive_mask(mask)).logits
     assert (patched - clean).abs().max() > 1e-3

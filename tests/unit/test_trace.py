@@ -13,7 +13,6 @@ from leakage.trace import MementoTrace, OpenMementosRecord, read_openmementos, w
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    import torch
     from torch import nn
 
     tok = build_tokenizer()
