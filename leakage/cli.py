@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from leakage.pipeline.cli import add_data_commands
+
 
 def _demo(args: argparse.Namespace) -> int:
     """Build the toy model, render a 2-block trace, show spans and mask, check HF == bridge == nnsight."""
@@ -30,14 +32,14 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_mask(mask, spans))
 
     batch = torch.tensor([ids])
-    attention = additive_mask(mask)
+    attention = additive_mask(mask)  # HF eager attention adds 4D masks to the scores: use the additive form
     with torch.no_grad():
         hf_logits = model(batch, attention_mask=attention).logits
         causal_logits = model(batch).logits
-        bridge_logits = to_bridge(model)(batch, attention_mask=attention)
         view = to_nnsight(model)
         with view.trace(batch, attention_mask=attention):
             nnsight_logits = view.output.logits.save()
+        bridge_logits = to_bridge(model)(batch, attention_mask=attention)  # last: bridging swaps attention modules
     print("\nmax |logit difference| with the memento mask:")
     print(f"  HF vs TransformerLens bridge: {(hf_logits - bridge_logits).abs().max().item():.2e}")
     print(f"  HF vs nnsight:                {(hf_logits - nnsight_logits).abs().max().item():.2e}")
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--seed", type=int, default=0)
     decode.add_argument("--plot", metavar="PNG", help="write the KV sawtooth figure here")
     decode.set_defaults(func=_decode)
+
+    add_data_commands(sub)
     return parser
 
 

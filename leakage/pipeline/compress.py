@@ -80,12 +80,14 @@ def piece_score(piece: str, is_last: bool, config: ExtractiveConfig = Extractive
     return 2 * equation + bool(re.search(r"\d", piece)) + 2 * conclusion + is_last
 
 
-def extractive_memento(block: str, count_tokens: TokenCounter | None = None,
-                       config: ExtractiveConfig = ExtractiveConfig()) -> str:
-    """Deterministic extractive memento of one block (module docstring); pieces keep their block order.
+def extractive_selection(block: str, count_tokens: TokenCounter | None = None,
+                         config: ExtractiveConfig = ExtractiveConfig()) -> tuple[list[str], list[int]]:
+    """The block's pieces (sentences, lines, or clauses of long ones; whitespace collapsed) and the
+    indices of those kept, ascending.
 
     Pieces are ranked by `piece_score`, ties to the later piece (results come last), then added while
-    the memento stays within `max_ratio` of the block's tokens, until it reaches `target_ratio`.
+    the memento stays within `max_ratio` of the block's tokens, until it reaches `target_ratio`. When
+    no piece fits, the best-ranked one is kept alone.
     """
     count = count_tokens or default_token_count
     total = count(block)
@@ -102,9 +104,14 @@ def extractive_memento(block: str, count_tokens: TokenCounter | None = None,
         if used + sizes[i] <= limit:
             chosen.append(i)
             used += sizes[i]
-    if not chosen:
-        chosen = [ranked[0]]
-    return " ".join(pieces[i] for i in sorted(chosen))
+    return pieces, sorted(chosen or ranked[:1])
+
+
+def extractive_memento(block: str, count_tokens: TokenCounter | None = None,
+                       config: ExtractiveConfig = ExtractiveConfig()) -> str:
+    """Deterministic extractive memento of one block: the kept pieces of `extractive_selection`, in block order."""
+    pieces, chosen = extractive_selection(block, count_tokens, config)
+    return " ".join(pieces[i] for i in chosen)
 
 
 @dataclass(frozen=True)
@@ -174,18 +181,20 @@ class LLMCompressor:
         return {"compressor": "llm", "model": self.client.config.model, "judge_model": judge.config.model,
                 "pass_threshold": self.config.pass_threshold, "max_feedback_rounds": self.config.max_feedback_rounds}
 
-    def compress_block(self, block: str, problem: str, previous: Sequence[str], where: str = "block") -> CompressionResult:
+    def compress_block(self, block: str, problem: str, previous: Sequence[str],
+                       where: str = "block") -> CompressionResult:
         judge = self.judge or self.client
         earlier = "\n".join(f"[{i}] {m}" for i, m in enumerate(previous, start=1)) or "(none)"
-        system = load_prompt("compress_system.txt")
+        system, judge_system = load_prompt("compress_system.txt"), load_prompt("judge_system.txt")
         user = render_prompt(load_prompt("compress_user.txt"), problem=problem, previous=earlier, block=block)
         attempts: list[tuple[int, str]] = []
         for round_ in range(self.config.max_feedback_rounds + 1):
-            memento = self.client.chat_json([{"role": "system", "content": system}, {"role": "user", "content": user}],
-                                            _validate_memento, self.config.json_attempts, f"{where}, compression {round_}")
+            memento = self.client.chat_json(
+                [{"role": "system", "content": system}, {"role": "user", "content": user}],
+                _validate_memento, self.config.json_attempts, f"{where}, compression {round_}")
             verdict_prompt = render_prompt(load_prompt("judge_user.txt"), block=block, memento=memento)
             score, feedback = judge.chat_json(
-                [{"role": "system", "content": load_prompt("judge_system.txt")}, {"role": "user", "content": verdict_prompt}],
+                [{"role": "system", "content": judge_system}, {"role": "user", "content": verdict_prompt}],
                 _validate_verdict, self.config.json_attempts, f"{where}, judgement {round_}")
             attempts.append((score, memento))
             scores = tuple(s for s, _ in attempts)

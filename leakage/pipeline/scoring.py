@@ -89,8 +89,10 @@ class RuleScorer:
         c = self.config
         body = previous.rstrip()
         head = following.lstrip()
-        if (_OPEN_ENDING.search(body) or _OPERATOR_START.match(head) or (is_math_line(previous) and is_math_line(following))
-                or _starts_with(following, c.conclusion_phrases) or _starts_with(previous, c.setup_phrases)):
+        mid_derivation = (_OPEN_ENDING.search(body) or _OPERATOR_START.match(head)
+                          or (is_math_line(previous) and is_math_line(following)))
+        if (mid_derivation or _starts_with(following, c.conclusion_phrases)
+                or _starts_with(previous, c.setup_phrases)):
             return 0
         if _starts_with(following, c.pivot_phrases):
             return 3

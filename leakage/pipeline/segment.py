@@ -2,21 +2,25 @@
 
 Sentence i has `sizes[i]` tokens; boundary j lies between sentences j and j + 1 and has score
 `scores[j]`. A segmentation into K blocks chooses K - 1 boundaries; every block holds at least
-`min_block_tokens` tokens. It maximises
+`min_block_tokens` tokens, and K lies in [min_blocks, max_blocks]. It maximises
 
     J = mean(scores of the chosen boundaries) - lambda * std(block sizes) / mean(block sizes)
 
 with the population std (ddof 0). Convention for K = 1: the mean over no boundaries counts as 0 and a
-single block has std 0, so J = 0; a single block wins only when no split reaches a positive objective
-(or when only one block fits). Ties (within 1e-12) go to fewer blocks, then to the higher score sum.
+single block has std 0, so J = 0. Ties (within 1e-12) go to fewer blocks, then to the higher score sum.
+
+`score_mean="blocks"` divides the score sum by K instead of K - 1 (the first block counts as a
+boundary of score 0), as the public reference implementation does. With the paper's "mean of the
+chosen boundaries", J barely depends on K once a few top-scored boundaries exist, and two blocks split
+at one top boundary near the middle usually win; dividing by K rewards more blocks.
 
 Why the search is exact. With T = sum(sizes), S = sum of chosen scores and Q = sum of squared block
-sizes, J = S / (K - 1) - lambda * sqrt(K * Q - T^2) / T for K >= 2. For a fixed K, J increases in S and
-decreases in Q, so the best K-block segmentation minimises Q among those with its score sum S. Scores
-are multiples of 1/q (q <= 12: integer rule scores, halves from averaging two LLM passes), so S takes
-few values, and a dynamic programme over (blocks k, prefix end i, score sum S) -> min Q is exact (Q and
-S are both additive over blocks). Every (K, S) pair is then evaluated. O(K_max * n^2 * |S|) integer work,
-vectorised over the previous block end and S.
+sizes, J = S / (K - 1) - lambda * sqrt(K * Q - T^2) / T for K >= 2 (S / K with "blocks"). For a fixed K,
+J increases in S and decreases in Q, so the best K-block segmentation minimises Q among those with its
+score sum S. Scores are multiples of 1/q (q <= 12: integer rule scores, halves from averaging two LLM
+passes), so S takes few values, and a dynamic programme over (blocks k, prefix end i, score sum S) ->
+min Q is exact (Q and S are both additive over blocks). Every (K, S) pair is then evaluated.
+O(K_max * n^2 * |S|) integer work, vectorised over the previous block end and S.
 """
 
 from __future__ import annotations
@@ -39,24 +43,31 @@ class SegmentationError(ValueError):
 class SegmentConfig:
     """lambda_: weight of the size-variation penalty (paper: 0.5). min_block_tokens: smallest block (paper: 200).
 
-    max_blocks: largest K searched (None: as many as min_block_tokens allows).
+    min_blocks / max_blocks: range of K searched (max None: as many as min_block_tokens allows).
+    score_mean: "boundaries" (sum / (K - 1), the paper's wording) or "blocks" (sum / K, the public
+    reference implementation); see the module docstring.
     """
 
     lambda_: float = 0.5
     min_block_tokens: int = 200
+    min_blocks: int = 1
     max_blocks: int | None = None
+    score_mean: str = "boundaries"
 
     def __post_init__(self):
         if self.lambda_ < 0 or not math.isfinite(self.lambda_):
             raise ValueError(f"lambda_ must be a finite number >= 0, got {self.lambda_}")
         if self.min_block_tokens < 0:
             raise ValueError(f"min_block_tokens must be >= 0, got {self.min_block_tokens}")
-        if self.max_blocks is not None and self.max_blocks < 1:
-            raise ValueError(f"max_blocks must be >= 1 or None, got {self.max_blocks}")
+        if self.min_blocks < 1 or (self.max_blocks is not None and self.max_blocks < self.min_blocks):
+            raise ValueError(f"need 1 <= min_blocks <= max_blocks, got {self.min_blocks}, {self.max_blocks}")
+        if self.score_mean not in ("boundaries", "blocks"):
+            raise ValueError(f"score_mean must be 'boundaries' or 'blocks', got {self.score_mean!r}")
 
 
 SEGMENT_PRESETS: dict[str, SegmentConfig] = {
     "paper": SegmentConfig(lambda_=0.5, min_block_tokens=200),
+    "reference": SegmentConfig(lambda_=0.5, min_block_tokens=200, score_mean="blocks"),
 }
 
 
@@ -83,7 +94,8 @@ class Segmentation:
         return list(zip(self.starts, ends))
 
 
-def segmentation_objective(block_sizes: Sequence[int], chosen_scores: Sequence[float], lambda_: float) -> float:
+def segmentation_objective(block_sizes: Sequence[int], chosen_scores: Sequence[float], lambda_: float,
+                           score_mean: str = "boundaries") -> float:
     """J for one segmentation (module docstring), K = 1 included."""
     k = len(block_sizes)
     if len(chosen_scores) != k - 1:
@@ -94,7 +106,8 @@ def segmentation_objective(block_sizes: Sequence[int], chosen_scores: Sequence[f
     if total <= 0:
         raise ValueError("block sizes sum to 0: the size variation is undefined")
     spread = max(k * sum(s * s for s in block_sizes) - total * total, 0)
-    return sum(chosen_scores) / (k - 1) - lambda_ * math.sqrt(spread) / total
+    divisor = k - 1 if score_mean == "boundaries" else k
+    return sum(chosen_scores) / divisor - lambda_ * math.sqrt(spread) / total
 
 
 def _score_units(scores: Sequence[float]) -> tuple[list[int], int]:
@@ -113,8 +126,9 @@ def _score_units(scores: Sequence[float]) -> tuple[list[int], int]:
 def segment(sizes: Sequence[int], scores: Sequence[float], config: SegmentConfig = SegmentConfig()) -> Segmentation:
     """The segmentation maximising J (module docstring) over every number of blocks, exactly.
 
-    Raises `SegmentationError` when no block layout meets `min_block_tokens` (the message gives the
-    token total), and `ValueError` for malformed inputs.
+    Raises `SegmentationError` when no block layout meets `min_block_tokens` and the K range, or when
+    the sizes sum to 0 (the size variation is undefined); the message gives the token total.
+    Raises `ValueError` for malformed inputs.
     """
     n = len(sizes)
     if n == 0:
@@ -169,16 +183,22 @@ def segment(sizes: Sequence[int], scores: Sequence[float], config: SegmentConfig
         layers.append(layer)
         choices.append(choice)
 
-    best_key, best_value = (1, 0), 0.0
-    for k in range(2, len(layers) + 1):
+    best_key, best_value = None, -math.inf
+    if config.min_blocks == 1:
+        best_key, best_value = (1, 0), 0.0
+    for k in range(max(2, config.min_blocks), len(layers) + 1):
         row = layers[k - 1][n]
+        divisor = k - 1 if config.score_mean == "boundaries" else k
         for s_units in range(row.shape[0] - 1, -1, -1):
             if row[s_units] >= _INF:
                 continue
             spread = max(k * int(row[s_units]) - total * total, 0)
-            value = s_units / q / (k - 1) - config.lambda_ * math.sqrt(spread) / total
+            value = s_units / q / divisor - config.lambda_ * math.sqrt(spread) / total
             if value > best_value + 1e-12:
                 best_key, best_value = (k, s_units), value
+    if best_key is None:
+        raise SegmentationError(f"no segmentation of {total} tokens into {config.min_blocks} or more blocks "
+                                f"of >= {m} tokens each")
 
     k, s_units = best_key
     starts, i = [], n
@@ -192,4 +212,4 @@ def segment(sizes: Sequence[int], scores: Sequence[float], config: SegmentConfig
     block_sizes = tuple(int(prefix[e] - prefix[s]) for s, e in zip(starts, ends))
     chosen = tuple(float(scores[s - 1]) for s in starts[1:])
     return Segmentation(starts=starts, block_sizes=block_sizes, chosen_scores=chosen,
-                        objective=segmentation_objective(block_sizes, chosen, config.lambda_))
+                        objective=segmentation_objective(block_sizes, chosen, config.lambda_, config.score_mean))

@@ -178,7 +178,8 @@ def _fenced_code(work: str) -> list[tuple[int, int]]:
             closing = re.compile(rf"^ {{0,3}}{re.escape(fence[0])}{{{len(fence)},}}\s*$")
             for j in range(i + 1, len(lines)):
                 if closing.match(work[lines[j][0]:lines[j][1]]):
-                    regions.append((s, lines[j][1]))
+                    indent = len(work[s:e]) - len(work[s:e].lstrip())
+                    regions.append((s + indent, lines[j][1]))
                     i = j
                     break
         i += 1
@@ -186,7 +187,10 @@ def _fenced_code(work: str) -> list[tuple[int, int]]:
 
 
 def _indented_code(work: str) -> list[tuple[int, int]]:
-    """Runs of lines indented by 4+ spaces or a tab, after a blank line, not starting with a list marker."""
+    """Runs of lines indented by 4+ spaces or a tab, after a blank line, not starting with a list marker.
+
+    A region starts at its first non-blank character, so the boundary before the block stays possible.
+    """
     regions, lines = [], _line_spans(work)
     i = 0
     while i < len(lines):
@@ -203,8 +207,7 @@ def _indented_code(work: str) -> list[tuple[int, int]]:
                 elif text_j.strip():
                     break
                 j += 1
-            if last > i or line.strip():
-                regions.append((s, lines[last][1]))
+            regions.append((s + len(line) - len(line.lstrip()), lines[last][1]))  # from the first code character
             i = last + 1
             continue
         i += 1

@@ -118,19 +118,35 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def span_token_counts(text: str, starts: Sequence[int], tokenizer) -> list[int]:
-    """Tokens per span of `text` (span i = text[starts[i]:starts[i + 1]]): the text is tokenised once and
-    each token counts for the span holding its first character, so the counts sum to len(encode(text)).
+    """Tokens per span of `text` (span i = text[starts[i]:starts[i + 1]]), a lower bound on what the span
+    adds to any block built from whole spans, stripped and tokenised on its own (as `MementoTrace.to_ids`
+    tokenises blocks).
 
-    Needs a fast tokenizer (offset mapping); raises TypeError otherwise.
+    The text is tokenised once. A token counts for the span holding its first non-whitespace character;
+    a whitespace-only token counts for the span it starts in if it starts before that span's last
+    non-whitespace character, and for no span otherwise (the gap between two sentences, which a block
+    edge strips). Spans tile the text at whitespace -> non-whitespace transitions, so a token's
+    non-whitespace characters never straddle two spans. The bound can only fail where a BPE splits a
+    block's first word more finely in context (after a space) than alone; `process_trace` checks it.
+    Needs a fast (Rust-backed) tokenizer for offset mappings; raises TypeError otherwise.
     """
     import bisect
+    import re
 
     if not getattr(tokenizer, "is_fast", False):
         raise TypeError("span_token_counts needs a fast (Rust-backed) HF tokenizer for offset mappings")
     counts = [0] * len(starts)
     if not starts:
         return counts
+    ends = [*starts[1:], len(text)]
+    last_visible = [start + len(text[start:end].rstrip()) for start, end in zip(starts, ends)]
     offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    for start, _ in offsets:
-        counts[max(bisect.bisect_right(starts, start) - 1, 0)] += 1
+    for start, end in offsets:
+        first = re.search(r"\S", text[start:end])
+        if first is not None:
+            counts[max(bisect.bisect_right(starts, start + first.start()) - 1, 0)] += 1
+        else:
+            span = max(bisect.bisect_right(starts, start) - 1, 0)
+            if start < last_visible[span]:
+                counts[span] += 1
     return counts
