@@ -10,7 +10,11 @@ the `tiny` preset; its weights do not affect speed. Reports:
 * tokens/s for one sequence, vanilla and memento;
 * per-token overhead of eviction decoding at equal cache length: each memento step's time against the
   vanilla step that ran with the same physical cache length, plus the time spent in the tracker and
-  compaction alone;
+  compaction alone. Single-sequence runs are repeated `--repeats` times, vanilla and memento
+  alternating so that drift hits both alike; each step's time is its median over the repeats. The
+  noise floor: the same ratio over the steps before the first eviction, where both runs do identical
+  work (on a shared 2-core machine it drifts by +-10% from run to run, both ways). The overhead
+  net of it, (1 + median step ratio) / (1 + noise-floor ratio) - 1, is the estimate to read;
 * a fixed KV budget: the budget holds `--budget-seqs` vanilla sequences at their peak; as many memento
   sequences as fit at their peak are decoded as one batch; aggregate tokens/s of both, and the ratio.
 """
@@ -87,6 +91,14 @@ def run(model, tokenizer, seqs: list[list[int]], config: EvictionConfig, prompt_
             "kv": [r.result().kv for r in decoder.rows]}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """Repeats of one `run` (same trace, same config) folded into one: medians of times, step by step."""
+    return {**runs[0],
+            **{key: float(np.median([r[key] for r in runs]))
+               for key in ("seconds", "tokens_per_s", "compaction_seconds", "tracker_seconds")},
+            "step_times": np.median([r["step_times"] for r in runs], axis=0).tolist()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="figures/bench_decode.json")
@@ -94,17 +106,22 @@ def main() -> None:
     parser.add_argument("--block-tokens", type=int, default=60)
     parser.add_argument("--memento-tokens", type=int, default=6)
     parser.add_argument("--budget-seqs", type=int, default=6, help="vanilla sequences the KV budget holds")
+    parser.add_argument("--repeats", type=int, default=5, help="single-sequence runs per config (medians)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", default="figures/kv_sawtooth_bench.png", help="sawtooth figure of the trace")
     args = parser.parse_args()
+    started = time.perf_counter()
     torch.set_num_threads(args.threads)
     model, tokenizer = build_model("tiny", seed=0)
     trace = uniform_trace(tokenizer, args.blocks, args.block_tokens, args.memento_tokens, seed=0)
     prompt_len = trace.index(tokenizer.convert_tokens_to_ids("<think>"))
     run(model, tokenizer, [trace], VANILLA, prompt_len)  # warm-up
 
-    single = {name: run(model, tokenizer, [trace], cfg, prompt_len) for name, cfg in
-              (("vanilla", VANILLA), ("memento", MEMENTO))}
+    repeats = {"vanilla": [], "memento": []}
+    for _ in range(args.repeats):  # alternating, so that drift hits both configs alike
+        for name, cfg in (("vanilla", VANILLA), ("memento", MEMENTO)):
+            repeats[name].append(run(model, tokenizer, [trace], cfg, prompt_len))
+    single = {name: median_run(runs) for name, runs in repeats.items()}
     kv_v, kv_m = single["vanilla"]["kv"][0], single["memento"]["kv"][0]
     bytes_per_token = kv_bytes_per_token_of(model.config, bytes_per_value=2)
 
@@ -114,6 +131,10 @@ def main() -> None:
     pairs = [(t, vanilla_time[s]) for s, t in zip(single["memento"]["slots"], single["memento"]["step_times"])
              if s in vanilla_time]
     memento_t, vanilla_t = np.array(pairs).T
+    slots_m = single["memento"]["slots"]
+    first_eviction = next(i for i in range(1, len(slots_m)) if slots_m[i] <= slots_m[i - 1])
+    identical = (np.array(single["memento"]["step_times"][:first_eviction])
+                 / np.array(single["vanilla"]["step_times"][:first_eviction]))
 
     # fixed KV budget: as many sequences as fit at their peak
     budget = args.budget_seqs * kv_v.peak
@@ -128,10 +149,12 @@ def main() -> None:
 
     command = ("python experiments/bench_decode.py --out " + args.out +
                f" --blocks {args.blocks} --block-tokens {args.block_tokens} --memento-tokens {args.memento_tokens}"
-               f" --budget-seqs {args.budget_seqs} --threads {args.threads} --plot {args.plot}")
+               f" --budget-seqs {args.budget_seqs} --repeats {args.repeats} --threads {args.threads}"
+               f" --plot {args.plot}")
     report = {
         "command": command,
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": args.threads},
+        "wall_seconds": time.perf_counter() - started,  # the whole benchmark, model build and warm-up included
         "model": {"preset": "tiny", "kv_bytes_per_token_bf16": bytes_per_token},
         "trace": {"tokens": len(trace), "prompt_tokens": prompt_len, "blocks": args.blocks,
                   "block_tokens": args.block_tokens, "memento_tokens": args.memento_tokens},
@@ -146,6 +169,10 @@ def main() -> None:
             "matched_steps": len(pairs),
             "total_time_ratio_minus_1": float(memento_t.sum() / vanilla_t.sum() - 1),
             "median_step_ratio_minus_1": float(np.median(memento_t / vanilla_t) - 1),
+            "noise_floor_steps": first_eviction,
+            "noise_floor_median_step_ratio_minus_1": float(np.median(identical) - 1),
+            "net_of_noise_floor_median_step_ratio_minus_1":
+                float(np.median(memento_t / vanilla_t) / np.median(identical) - 1),
             "tracker_plus_compaction_share_of_memento_time":
                 (single["memento"]["compaction_seconds"] + single["memento"]["tracker_seconds"])
                 / single["memento"]["seconds"],
