@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from leakage.pipeline.cli import add_data_commands
+from leakage.tasks import TASKS
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -112,6 +113,85 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """Two-stage Memento SFT of a synthetic task (see leakage.train)."""
+    import time
+
+    from dataclasses import replace
+
+    from leakage.tasks import TaskConfig
+    from leakage.train import RunConfig, train, train_preset, with_steps
+
+    preset = with_steps(train_preset(args.preset), args.stage1_steps, args.stage2_steps)
+    if args.model_preset:
+        preset = replace(preset, model_preset=args.model_preset)
+    passcode_block = None if args.passcode_block < 0 else args.passcode_block
+    task = TaskConfig(task=args.task, n_blocks=args.blocks, passcode_block=passcode_block,
+                      short_block_rate=args.short_block_rate)
+    run = RunConfig(task=task,
+                    preset=preset, stages=tuple(int(s) for s in args.stages.split(",")),
+                    keep_last_n_blocks=args.keep_last_n_blocks, mask_delimiters=args.mask_delimiters, seed=args.seed)
+    start = time.perf_counter()
+    final = train(run, args.out, resume=args.resume)
+    print(f"trained {args.task} ({args.preset}) in {time.perf_counter() - start:.0f} s; final model: {final}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Task accuracy of a checkpoint under memento and restart decoding, with 95% intervals."""
+    from leakage.evaluate import evaluate_checkpoint
+    from leakage.io import atomic_write_json
+    from leakage.model import load_model
+    from leakage.tasks import TaskConfig
+
+    model, tokenizer = load_model(args.checkpoint)
+    passcode_block = None if args.passcode_block < 0 else args.passcode_block
+    task = TaskConfig(task=args.task, n_blocks=args.blocks, passcode_block=passcode_block)
+    results = {"checkpoint": str(args.checkpoint),
+               **evaluate_checkpoint(model, tokenizer, task, args.n, args.seed, args.keep_last_n_blocks)}
+    for key, value in results.items():
+        if isinstance(value, dict):
+            print(f"{args.task:>7} {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, "
+                  f"{value['ci95_high']:.1%}]  ({value['correct']}/{value['total']})")
+    if "chance" in results:
+        print(f"chance {results['chance']:.1%}; best possible from memento text alone "
+              f"{results['text_only_bayes_optimal']:.1%}")
+    if args.out:
+        atomic_write_json(args.out, results)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    """Train, evaluate and measure the toy Memento models; write figures/ (see leakage.reproduce)."""
+    import time
+
+    from leakage.reproduce import ReproduceConfig, reproduce
+
+    config = ReproduceConfig(preset=args.preset, runs_dir=args.runs_dir, figures_dir=args.figures_dir,
+                             n_eval=args.n_eval, seed=args.seed, short_block_rate=args.short_block_rate,
+                             **({"tasks": tuple(args.tasks)} if args.tasks else {}))
+    start = time.perf_counter()
+    report = reproduce(config, log=print)
+    print(f"\n== results ({args.preset} preset, {time.perf_counter() - start:.0f} s) ==")
+    for task, results in report["tasks"].items():
+        minutes = results["train_wall_seconds"] / 60
+        print(f"{task}: trained in {minutes:.1f} min (both stages)")
+        for key, value in results.items():
+            if isinstance(value, dict) and "accuracy" in value:
+                print(f"  {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, {value['ci95_high']:.1%}]")
+        if "chance" in results:
+            print(f"  {'chance':>30}: {results['chance']:6.1%}")
+            print(f"  {'memento text alone (best)':>30}: {results['text_only_bayes_optimal']:6.1%}")
+        if "decoded_trace_kv" in results:
+            kv = results["decoded_trace_kv"]
+            print(f"  KV while the model writes a trace: peak {kv['vanilla_peak']} -> {kv['memento_peak']} tokens "
+                  f"({kv['peak_ratio']:.2f}x), AUC {kv['auc_ratio']:.2f}x")
+    print(f"paper (toy model): {report['paper']['toy_task_accuracy_final']:.0%} task accuracy")
+    print(f"wrote {args.figures_dir}/reproduce_{args.preset}.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leakage", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -139,6 +219,46 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--seed", type=int, default=0)
     decode.add_argument("--plot", metavar="PNG", help="write the KV sawtooth figure here")
     decode.set_defaults(func=_decode)
+
+    train = sub.add_parser("train", help="two-stage Memento SFT on a synthetic task (torchrun-ready)")
+    train.add_argument("--task", choices=TASKS, default="digits")
+    train.add_argument("--preset", default="fast", help="smoke, fast or paper")
+    train.add_argument("--out", required=True, help="run folder, e.g. runs/digits-fast")
+    train.add_argument("--stages", default="1,2", help="'1,2' (default), '2' (memento mask only) or '1'")
+    train.add_argument("--stage1-steps", type=int)
+    train.add_argument("--stage2-steps", type=int)
+    train.add_argument("--model-preset", help="tiny or small (default: the training preset's)")
+    train.add_argument("--keep-last-n-blocks", type=int, default=0)
+    train.add_argument("--mask-delimiters", action="store_true")
+    train.add_argument("--blocks", type=int, default=10)
+    train.add_argument("--passcode-block", type=int, default=1, help="block holding a passcode; -1 for none")
+    train.add_argument("--short-block-rate", type=float, default=0.8,
+                       help="curriculum: share of blocks with fewer digits (0 = the paper's fixed blocks)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--task", choices=TASKS, default="digits")
+    evaluate.add_argument("--n", type=int, default=256, help="validation examples")
+    evaluate.add_argument("--seed", type=int, default=1)
+    evaluate.add_argument("--blocks", type=int, default=10)
+    evaluate.add_argument("--passcode-block", type=int, default=1)
+    evaluate.add_argument("--keep-last-n-blocks", type=int, default=0)
+    evaluate.add_argument("--out", help="write the results as JSON here")
+    evaluate.set_defaults(func=_eval)
+
+    repro = sub.add_parser("reproduce", help="the main job: train, evaluate and measure the toy Memento models")
+    repro.add_argument("--preset", default="fast", help="training preset: smoke, fast (default) or paper")
+    repro.add_argument("--runs-dir", default="runs")
+    repro.add_argument("--figures-dir", default="figures")
+    repro.add_argument("--n-eval", type=int, default=256)
+    repro.add_argument("--seed", type=int, default=0)
+    repro.add_argument("--short-block-rate", type=float, default=0.8,
+                       help="training curriculum: share of shorter blocks (evaluation always uses full blocks)")
+    repro.add_argument("--tasks", nargs="+", choices=TASKS, help="default: digits recall")
+    repro.set_defaults(func=_reproduce)
 
     add_data_commands(sub)
     return parser

@@ -42,3 +42,32 @@ def plot_kv_sawtooth(traces: dict[str, KVTrace], path: str | Path, title: str = 
     ax.set_title(title)
     ax.legend(frameon=False)
     return save_figure(fig, path)
+
+
+def plot_training_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """Training loss (thin) and validation loss (markers) against step, one panel per stage.
+
+    `records` are the lines of a run's metrics.jsonl (dicts with 'stage', 'step', 'loss' or 'eval_loss').
+    """
+    sns.set_theme(style="whitegrid", context="paper")
+    stages = sorted({r["stage"] for r in records})
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        train = [(r["step"], r["loss"]) for r in records if r["stage"] == stage and _present(r.get("loss"))]
+        val = [(r["step"], r["eval_loss"]) for r in records if r["stage"] == stage and _present(r.get("eval_loss"))]
+        if train:
+            ax.plot(*zip(*train), lw=1, label="train loss")
+        if val:
+            ax.plot(*zip(*val), "o-", ms=4, label="validation loss")
+        ax.set_title(f"stage {stage}: " + ("full causal attention" if stage == 1 else "memento attention"))
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (nats / completion token)")
+        ax.legend(frameon=False)
+    fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _present(value) -> bool:
+    """Not missing: None and NaN (a table cell a record did not have) are missing."""
+    return value is not None and value == value

@@ -1,0 +1,163 @@
+"""Synthetic Memento tasks whose block contents we control, generated deterministically from a seed.
+
+* `digits` (the paper's toy): n blocks; block i holds `digits_per_block` random digits, '=', and the
+  running sum of all digits so far mod 10**sum_digits written as `sum_digits` digits; memento i is that
+  running sum; the answer is the final sum. Sums are written ones digit first by default
+  (`little_endian_sums`): the ones digit, (previous ones + digit sum) mod 10, is the hard part for a
+  0.8M model, and written first it no longer has to be produced after the digits that depend on it.
+  For training, `short_block_rate` mixes in blocks with fewer digits, a curriculum that makes the
+  modular sum learnable in minutes; evaluation uses the paper's fixed-length blocks (rate 0).
+* `recall`: the same blocks; the prompt asks for digit j of block i ("recall block i digit j ?") and the
+  answer is that digit. Mementos hold only running sums, so after block i is evicted the digit is
+  reachable only through the implicit KV channel (or, weakly, inferred from the sums: see
+  `recall_text_only_accuracy`).
+* `passcode`: the same blocks; the prompt asks for the passcode ("passcode ?") and the answer is its
+  digits. The passcode enters no sum, so memento text carries nothing about it: once its block is
+  evicted, only the implicit KV channel can carry it to the answer (text-only accuracy is chance). The
+  behavioural twin of the paper's passcode probe; `passcode_block` sets the distance to the answer.
+* passcode injection (every task): block `passcode_block` also holds "passcode p p p p p", tokens that
+  enter no sum and no memento. Passcodes come from a partition of the label space, so train and
+  validation never share one (`passcode_split`).
+
+Every example carries the exact token positions of its parts, for probing and evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from leakage.trace import MementoTrace
+from leakage.spans import parse_spans
+
+TASKS = ("digits", "recall", "passcode")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Shape of a synthetic task. `passcode_block=None` writes no passcode."""
+
+    task: str = "digits"
+    n_blocks: int = 10
+    digits_per_block: int = 5
+    sum_digits: int = 3
+    passcode_block: int | None = 1
+    passcode_digits: int = 5
+    little_endian_sums: bool = True  # sums written ones digit first (see module docstring)
+    short_block_rate: float = 0.0  # training curriculum: share of blocks with 1..digits_per_block-1 digits
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
+        if self.n_blocks < 1 or self.n_blocks > 10 and self.task == "recall":
+            raise ValueError("recall names blocks by one digit: n_blocks must be 1..10")
+        if not 0.0 <= self.short_block_rate <= 1.0 or (self.short_block_rate and self.digits_per_block < 2):
+            raise ValueError("short_block_rate must be in [0, 1] with digits_per_block >= 2")
+        if self.passcode_block is not None and not 0 <= self.passcode_block < self.n_blocks:
+            raise ValueError(f"passcode_block {self.passcode_block} outside 0..{self.n_blocks - 1}")
+        if self.task == "passcode" and self.passcode_block is None:
+            raise ValueError("the passcode task needs a passcode_block")
+
+
+@dataclass
+class Example:
+    """One rendered example and where its parts sit in `ids` (absolute token positions)."""
+
+    ids: list[int]
+    prompt_len: int
+    trace: MementoTrace
+    block_digits: list[list[int]]
+    running_sums: list[int]
+    sum_positions: list[list[int]]  # per block: the sum digits inside the block
+    memento_positions: list[list[int]]  # per block: the memento's digits
+    answer_positions: list[int]
+    answer: list[int]  # answer digits
+    passcode: int | None = None
+    passcode_positions: list[int] = field(default_factory=list)
+    recall: tuple[int, int] | None = None  # (block, digit index) asked for
+
+
+def _split_of(passcode: int, val_fraction: float) -> str:
+    bucket = int.from_bytes(hashlib.sha256(str(passcode).encode()).digest()[:4], "big") / 2**32
+    return "val" if bucket < val_fraction else "train"
+
+
+def passcode_split(passcode: int, val_fraction: float = 0.1) -> str:
+    """'train' or 'val': a fixed hash partition of the passcode space (label-unique splits)."""
+    return _split_of(passcode, val_fraction)
+
+
+def _digits(value: int, width: int) -> list[int]:
+    return [int(c) for c in str(value).zfill(width)]
+
+
+def _words(digits: list[int]) -> str:
+    return " ".join(str(d) for d in digits)
+
+
+def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: str = "train",
+                 val_fraction: float = 0.1) -> Example:
+    """The `index`-th example of a split, a pure function of (config, seed, index, split)."""
+    rng = np.random.default_rng([seed, index, 0 if split == "train" else 1])
+    modulus = 10 ** config.sum_digits
+    blocks, block_digits, sums, running = [], [], [], 0
+    passcode = None
+    if config.passcode_block is not None:
+        while passcode is None or passcode_split(passcode, val_fraction) != split:
+            passcode = int(rng.integers(0, 10 ** config.passcode_digits))
+    def written(value: int) -> list[int]:
+        digits = _digits(value, config.sum_digits)
+        return digits[::-1] if config.little_endian_sums else digits
+
+    for i in range(config.n_blocks):
+        count = config.digits_per_block
+        if config.short_block_rate and rng.random() < config.short_block_rate:
+            count = int(rng.integers(1, config.digits_per_block))
+        digits = rng.integers(0, 10, count).tolist()
+        running = (running + sum(digits)) % modulus
+        text = f"{_words(digits)} = {_words(written(running))}"
+        if i == config.passcode_block:
+            text += f" passcode {_words(_digits(passcode, config.passcode_digits))}"
+        blocks.append((text, _words(written(running))))
+        block_digits.append(digits)
+        sums.append(running)
+    recall = None
+    if config.task == "digits":
+        prompt, answer = "sum ?", written(running)
+    elif config.task == "passcode":
+        prompt, answer = "passcode ?", _digits(passcode, config.passcode_digits)
+    else:
+        block = int(rng.integers(0, config.n_blocks))
+        recall = (block, int(rng.integers(0, len(block_digits[block]))))
+        prompt, answer = f"recall block {recall[0]} digit {recall[1]} ?", [block_digits[recall[0]][recall[1]]]
+    trace = MementoTrace(prompt=prompt, blocks=blocks, answer=_words(answer))
+    ids = trace.to_ids(tokenizer, eos=True)
+    spans = parse_spans(ids, tokenizer)
+    s = config.sum_digits
+    sum_positions = [list(range(b.block_start + len(d) + 2, b.block_start + len(d) + 2 + s))
+                     for b, d in zip(spans.blocks, block_digits)]
+    memento_positions = [list(range(b.summary_start + 1, b.summary_end)) for b in spans.blocks]
+    passcode_positions = []
+    if passcode is not None:
+        start = sum_positions[config.passcode_block][-1] + 2  # after the sum and the word "passcode"
+        passcode_positions = list(range(start, start + config.passcode_digits))
+    answer_start = spans.think_end + 1
+    return Example(ids=ids, prompt_len=spans.prompt_len, trace=trace, block_digits=block_digits, running_sums=sums,
+                   sum_positions=sum_positions, memento_positions=memento_positions,
+                   answer_positions=list(range(answer_start, answer_start + len(answer))), answer=answer,
+                   passcode=passcode, passcode_positions=passcode_positions, recall=recall)
+
+
+def recall_text_only_accuracy(digits_per_block: int = 5) -> float:
+    """Best possible recall accuracy from memento *text* alone (Bayes-optimal guess of one digit given
+    the block's digit sum, which consecutive running sums reveal when sums do not wrap)."""
+    # distribution of the sum of the other digits
+    others = np.ones(1)  # counts of each sum of the other digits, length 9 (digits_per_block - 1) + 1
+    for _ in range(digits_per_block - 1):
+        others = np.convolve(others, np.ones(10))
+    joint = np.zeros((10, 9 * digits_per_block + 1))  # P(digit = v, total = S), unnormalised
+    for v in range(10):
+        joint[v, v:v + len(others)] = others
+    return float(joint.max(0).sum() / joint.sum())

@@ -1,0 +1,282 @@
+"""Two-stage Memento SFT on `transformers.Trainer`.
+
+Stage 1 trains with full causal attention (learn the format); stage 2 starts from stage 1's best
+checkpoint (lowest validation loss) and trains with the memento mask (learn to live without evicted
+blocks). The only Memento-specific piece is `MementoCollator`, which builds each batch's mask with
+`leakage.mask.memento_mask` — so the same command scales with `torchrun`, accelerate or DeepSpeed.
+
+Run folder::
+
+    runs/NAME/config.json            the run's full configuration
+    runs/NAME/metrics.jsonl          every logged metric, one JSON object per line, with its stage
+    runs/NAME/stage{1,2}/checkpoint-N/   HF checkpoints (model + tokenizer + trainer state)
+    runs/NAME/stage{1,2}/done.json   best checkpoint and wall time of a finished stage; resumed runs skip it
+    runs/NAME/stage{1,2}/rank{r}.json    per-rank weight fingerprint at the end of the stage
+    runs/NAME/final/                 the model to use: stage 2's best checkpoint, HF format
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from leakage.config import EvictionConfig
+from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced
+from leakage.io import atomic_write_json
+from leakage.mask import additive_mask, memento_mask
+from leakage.model import build_model, load_model, save_model
+from leakage.tasks import TaskConfig, make_example
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """How long and how hard to train; steps are optimizer steps per stage."""
+
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    learning_rate: float
+    train_examples: int
+    eval_every: int  # validation loss + task accuracy
+    save_every: int  # checkpoint interval (a multiple of eval_every)
+    n_val: int  # validation examples for the loss
+    n_eval: int  # examples for task accuracy during training
+    model_preset: str = "tiny"
+
+
+TRAIN_PRESETS: dict[str, TrainPreset] = {
+    # seconds: for tests
+    "smoke": TrainPreset(stage1_steps=6, stage2_steps=6, batch_size=4, learning_rate=3e-3, train_examples=64,
+                         eval_every=3, save_every=3, n_val=8, n_eval=4),
+    # the default main job: a few minutes per stage on 2 CPU cores
+    "fast": TrainPreset(stage1_steps=300, stage2_steps=1500, batch_size=32, learning_rate=3e-3,
+                        train_examples=48_000, eval_every=150, save_every=150, n_val=256, n_eval=64),
+    # the paper's toy regime: 50K training sequences, several epochs per stage
+    "paper": TrainPreset(stage1_steps=4000, stage2_steps=8000, batch_size=64, learning_rate=2e-3,
+                         train_examples=50_000, eval_every=500, save_every=500, n_val=1000, n_eval=256),
+}
+
+
+def train_preset(name: str) -> TrainPreset:
+    try:
+        return TRAIN_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run is its config plus its seed."""
+
+    task: TaskConfig
+    preset: TrainPreset
+    stages: tuple[int, ...] = (1, 2)
+    keep_last_n_blocks: int = 0  # stage 2's memento mask
+    mask_delimiters: bool = False
+    seed: int = 0
+
+    def stage_eviction(self, stage: int) -> EvictionConfig:
+        if stage == 1:
+            return EvictionConfig(keep_last_n_blocks=-1)
+        return EvictionConfig(keep_last_n_blocks=self.keep_last_n_blocks, mask_delimiters=self.mask_delimiters)
+
+    def stage_steps(self, stage: int) -> int:
+        return self.preset.stage1_steps if stage == 1 else self.preset.stage2_steps
+
+    def to_dict(self) -> dict:
+        return {"task": asdict(self.task), "preset": asdict(self.preset), "stages": list(self.stages),
+                "keep_last_n_blocks": self.keep_last_n_blocks, "mask_delimiters": self.mask_delimiters,
+                "seed": self.seed}
+
+
+class TaskDataset(Dataset):
+    """`size` examples of a task split, generated on the fly (example i is a pure function of the seed and i)."""
+
+    def __init__(self, config: TaskConfig, tokenizer, size: int, seed: int, split: str = "train"):
+        self.config, self.tokenizer, self.size, self.seed, self.split = config, tokenizer, size, seed, split
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        example = make_example(self.config, self.tokenizer, self.seed, index, self.split)
+        return {"input_ids": example.ids, "prompt_len": example.prompt_len}
+
+    def examples(self, n: int) -> list:
+        return [make_example(self.config, self.tokenizer, self.seed, i, self.split) for i in range(min(n, self.size))]
+
+
+@dataclass
+class MementoCollator:
+    """Right-pads a batch and builds labels and the attention mask.
+
+    Returns input_ids (B, T), labels (B, T) with -100 on prompt and padding (loss on completion tokens
+    only), and attention_mask (B, 1, T, T): `memento_mask` with `eviction`'s spec (stage 1:
+    keep_last_n_blocks=-1, i.e. causal with padding) in additive float form — HF's eager attention
+    adds a 4D mask to the scores, so a bool mask would not mask anything.
+    """
+
+    tokenizer: object
+    eviction: EvictionConfig
+
+    def __call__(self, features: list[dict]) -> dict:
+        T = max(len(f["input_ids"]) for f in features)
+        B = len(features)
+        ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        real = torch.zeros(B, T, dtype=torch.bool)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        for b, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[b, :n] = torch.tensor(f["input_ids"])
+            real[b, :n] = True
+            labels[b, f["prompt_len"]:n] = ids[b, f["prompt_len"]:n]
+        mask = memento_mask(ids, self.tokenizer, padding_mask=real, prompt_len=[f["prompt_len"] for f in features],
+                            **self.eviction.mask_kwargs())
+        return {"input_ids": ids, "labels": labels, "attention_mask": additive_mask(mask)}
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every logged dict (with stage and step) to a JSONL file, on the main process only."""
+
+    def __init__(self, path: Path, stage: int):
+        self.path, self.stage = path, stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}) + "\n")
+
+
+class TaskAccuracyCallback(TrainerCallback):
+    """After each evaluation: task accuracy (teacher-forced, fast) under memento and restart decoding."""
+
+    def __init__(self, tokenizer, examples: list, task: str, keep_last_n_blocks: int):
+        self.tokenizer, self.examples, self.task = tokenizer, examples, task
+        self.configs = {"memento": EvictionConfig(keep_last_n_blocks=max(keep_last_n_blocks, 0)),
+                        "restart": EvictionConfig(keep_last_n_blocks=max(keep_last_n_blocks, 0), restart=True)}
+        self.trainer: Trainer | None = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not self.examples or not state.is_world_process_zero:
+            return
+        was_training = model.training
+        model.eval()
+        score = block_accuracy_teacher_forced if self.task == "digits" else answer_accuracy
+        metrics = {f"eval_{self.task}_acc_{name}": score(model, self.tokenizer, self.examples, cfg).value
+                   for name, cfg in self.configs.items()}
+        model.train(was_training)
+        self.trainer.log(metrics)
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every parameter's bytes, in state-dict order: equal on ranks in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _ddp_backend() -> str | None:
+    """gloo on CPU, NCCL on GPU, when launched with several processes (torchrun sets WORLD_SIZE)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def training_arguments(run: RunConfig, stage: int, stage_dir: Path, **overrides) -> TrainingArguments:
+    p = run.preset
+    kwargs = dict(
+        output_dir=str(stage_dir), max_steps=run.stage_steps(stage), per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size, learning_rate=p.learning_rate, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, optim="adamw_torch", lr_scheduler_type="cosine", warmup_steps=0.05,
+        max_grad_norm=1.0, seed=run.seed, data_seed=run.seed, eval_strategy="steps", eval_steps=p.eval_every,
+        save_strategy="steps", save_steps=p.save_every, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=max(1, p.eval_every // 5),
+        logging_first_step=True, report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_backend=_ddp_backend(), use_cpu=not torch.cuda.is_available(),
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, resume: bool = False,
+                callbacks: list | None = None, **argument_overrides) -> Path:
+    """Train one stage; returns its best checkpoint directory (lowest validation loss)."""
+    stage_dir = run_dir / f"stage{stage}"
+    done = stage_dir / "done.json"
+    if resume and done.is_file():
+        return Path(json.loads(done.read_text())["best_checkpoint"])
+    train_set = TaskDataset(run.task, tokenizer, run.preset.train_examples, run.seed, "train")
+    val_set = TaskDataset(run.task, tokenizer, run.preset.n_val, run.seed, "val")
+    eval_set = TaskDataset(replace(run.task, short_block_rate=0.0), tokenizer, run.preset.n_eval, run.seed, "val")
+    accuracy = TaskAccuracyCallback(tokenizer, eval_set.examples(run.preset.n_eval), run.task.task,
+                                    run.keep_last_n_blocks)
+    trainer = Trainer(model=model, args=training_arguments(run, stage, stage_dir, **argument_overrides),
+                      train_dataset=train_set, eval_dataset=val_set,
+                      data_collator=MementoCollator(tokenizer, run.stage_eviction(stage)),
+                      processing_class=tokenizer,
+                      callbacks=[MetricsLogger(run_dir / "metrics.jsonl", stage), accuracy, *(callbacks or [])])
+    accuracy.trainer = trainer
+    has_checkpoint = resume and any(stage_dir.glob("checkpoint-*"))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    seconds = time.perf_counter() - start
+    atomic_write_json(stage_dir / f"rank{_rank()}.json", {"weights_sha256": weights_fingerprint(trainer.model)})
+    if trainer.state.global_step < run.stage_steps(stage):
+        raise TrainingInterrupted(f"stage {stage} stopped at step {trainer.state.global_step} of "
+                                  f"{run.stage_steps(stage)}; resume with resume=True")
+    best = Path(trainer.state.best_model_checkpoint or stage_dir / f"checkpoint-{trainer.state.global_step}")
+    if trainer.is_world_process_zero():
+        atomic_write_json(done, {"best_checkpoint": str(best), "best_eval_loss": trainer.state.best_metric,
+                                 "steps": trainer.state.global_step, "wall_seconds": seconds,
+                                 "resumed": has_checkpoint})
+    return best
+
+
+class TrainingInterrupted(RuntimeError):
+    """A stage stopped before its last step (a callback asked it to); the run can be resumed."""
+
+
+def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: list | None = None,
+          **argument_overrides) -> Path:
+    """Run the configured stages; stage 2 starts from stage 1's best checkpoint. Returns `run_dir/final`."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if resume and config_path.is_file() and json.loads(config_path.read_text()) != run.to_dict():
+        raise ValueError(f"{config_path} holds a different configuration; refusing to resume into it")
+    if _rank() == 0:
+        atomic_write_json(config_path, run.to_dict())
+    model, tokenizer = build_model(run.preset.model_preset, seed=run.seed)
+    best = None
+    for stage in run.stages:
+        if best is not None:
+            model, tokenizer = load_model(best)
+        model.train()
+        best = train_stage(run, stage, model, tokenizer, run_dir, resume, callbacks, **argument_overrides)
+    final = run_dir / "final"
+    if _rank() == 0:
+        model, tokenizer = load_model(best)
+        save_model(model, tokenizer, final)
+    return final
+
+
+def with_steps(preset: TrainPreset, stage1_steps: int | None = None, stage2_steps: int | None = None) -> TrainPreset:
+    """A preset with other stage lengths (None keeps the preset's)."""
+    return replace(preset, stage1_steps=stage1_steps if stage1_steps is not None else preset.stage1_steps,
+                   stage2_steps=stage2_steps if stage2_steps is not None else preset.stage2_steps)

@@ -1,0 +1,188 @@
+"""Two-stage SFT on transformers.Trainer: collator masks, resume, DDP, evaluation."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from leakage.config import EvictionConfig
+from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced, wilson_interval, _free_run
+from leakage.mask import additive_mask, memento_mask
+from leakage.model import load_model
+from leakage.tasks import TaskConfig, make_example
+from leakage.train import MementoCollator, RunConfig, TaskDataset, TrainingInterrupted, train, train_preset
+
+SMOKE = train_preset("smoke")
+TASK = TaskConfig(n_blocks=3)  # short sequences keep these tests fast
+
+
+def test_collator_masks_are_the_foundation_masks(tiny):
+    _, tokenizer = tiny
+    data = TaskDataset(TaskConfig(n_blocks=4), tokenizer, size=5, seed=0)
+    features = [data[i] for i in range(5)]
+    for eviction in (EvictionConfig(keep_last_n_blocks=-1), EvictionConfig(), EvictionConfig(keep_last_n_blocks=1)):
+        batch = MementoCollator(tokenizer, eviction)(features)
+        assert batch["attention_mask"].shape[:2] == (5, 1) and batch["attention_mask"].dtype == torch.float32
+        allowed = batch["attention_mask"][:, 0] == 0
+        for b, f in enumerate(features):
+            n = len(f["input_ids"])
+            expected = memento_mask(f["input_ids"], tokenizer, **eviction.mask_kwargs())
+            assert torch.equal(allowed[b, :n, :n], expected)
+            assert not allowed[b, :n, n:].any()
+            labels = batch["labels"][b]
+            assert (labels[:f["prompt_len"]] == -100).all() and (labels[n:] == -100).all()
+            assert labels[f["prompt_len"]:n].tolist() == f["input_ids"][f["prompt_len"]:]
+
+
+class StopAt(TrainerCallback):
+    """Simulates an interruption: in stage `stage`, save a checkpoint at `step` and stop."""
+
+    def __init__(self, stage, step):
+        self.stage, self.step = stage, step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.output_dir.endswith(f"stage{self.stage}") and state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _weights(path):
+    model, _ = load_model(path)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_after_interruptions_equals_straight_run(tmp_path):
+    run = RunConfig(task=TASK, preset=SMOKE, stages=(1, 2), seed=3)
+    straight = _weights(train(run, tmp_path / "straight"))
+    resumed_dir = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted, match="stage 1 stopped at step 2 of 6"):
+        train(run, resumed_dir, callbacks=[StopAt(1, 2)])
+    with pytest.raises(TrainingInterrupted, match="stage 2 stopped at step 4 of 6"):
+        train(run, resumed_dir, resume=True, callbacks=[StopAt(2, 4)])
+    assert (resumed_dir / "stage1" / "done.json").is_file() and not (resumed_dir / "stage2" / "done.json").exists()
+    resumed = _weights(train(run, resumed_dir, resume=True))
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_training_batches_are_causal(tiny):
+    """The collator's mask really masks: no logit depends on a later token."""
+    model, tokenizer = tiny
+    data = TaskDataset(TASK, tokenizer, size=3, seed=0)
+    batch = MementoCollator(tokenizer, EvictionConfig())([data[i] for i in range(3)])
+    changed = batch["input_ids"].clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 10 + 5
+    with torch.no_grad():
+        a = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        b = model(input_ids=changed, attention_mask=batch["attention_mask"]).logits
+    assert torch.equal(a[:, :20], b[:, :20]) and not torch.equal(a[:, 20:], b[:, 20:])
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(RunConfig(task=TASK, preset=SMOKE, stages=(1,)), tmp_path)
+    with pytest.raises(ValueError, match="different configuration"):
+        train(RunConfig(task=TASK, preset=SMOKE, stages=(1,), seed=9), tmp_path, resume=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_training_keeps_ranks_in_sync_and_learns(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "leakage.cli", "train", "--preset", "smoke", "--stages", "2", "--stage2-steps", "8",
+           "--blocks", "3", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / "stage2" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1], "ranks ended with different weights"
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses[-1] < losses[0]
+
+
+def test_teacher_forced_block_accuracy_agrees_with_dense_forward(tiny):
+    model, tokenizer = tiny
+    examples = [make_example(TASK, tokenizer, 0, i) for i in range(4)]
+    config = EvictionConfig()
+    correct = total = 0
+    for e in examples:
+        mask = memento_mask(e.ids, tokenizer, **config.mask_kwargs())
+        with torch.no_grad():
+            pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
+        for positions in e.sum_positions:
+            total += 1
+            correct += all(int(pred[p - 1]) == e.ids[p] for p in positions)
+    acc = block_accuracy_teacher_forced(model, tokenizer, examples, config)
+    assert (acc.correct, acc.total) == (correct, total)
+
+
+def test_answer_accuracy_scores_every_answer_digit_like_a_dense_forward(tiny):
+    model, tokenizer = tiny
+    examples = [make_example(TaskConfig(task="passcode", n_blocks=3), tokenizer, 0, i) for i in range(3)]
+    config = EvictionConfig()
+    correct = 0
+    for e in examples:
+        mask = memento_mask(e.ids, tokenizer, **config.mask_kwargs())
+        with torch.no_grad():
+            pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
+        correct += sum(int(pred[p - 1]) == e.ids[p] for p in e.answer_positions)
+    acc = answer_accuracy(model, tokenizer, examples, config)
+    assert (acc.correct, acc.total) == (correct, 15)
+
+
+def test_free_running_feeds_given_digits_and_writes_model_sums(tiny):
+    model, tokenizer = tiny
+    examples = [make_example(TASK, tokenizer, 0, i) for i in range(2)]
+    written = _free_run(model, tokenizer, examples, EvictionConfig())
+    for e, ids in zip(examples, written):
+        own = {p for ps in e.sum_positions + e.memento_positions for p in ps} | set(e.answer_positions)
+        assert len(ids) == len(e.ids)
+        assert all(ids[p] == e.ids[p] for p in range(len(ids)) if p not in own)
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert wilson_interval(0, 10)[0] == 0.0
+
+
+def test_cli_train_and_eval_smoke(tmp_path, capsys):
+    from leakage.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "smoke", "--blocks", "3", "--out", str(out)]) == 0
+    assert (out / "final" / "config.json").is_file() and (out / "final" / "tokenizer.json").is_file()
+    stages = {json.loads(line)["stage"] for line in (out / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {1, 2}
+    assert main(["eval", "--checkpoint", str(out / "final"), "--blocks", "3", "--n", "4",
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["memento/free_running"]["total"] == 12
+
+
+def test_reproduce_smoke_writes_results_and_figures(tmp_path, capsys):
+    from leakage.cli import main
+
+    figures = tmp_path / "figures"
+    assert main(["reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"),
+                 "--figures-dir", str(figures), "--n-eval", "2", "--tasks", "digits", "recall", "passcode"]) == 0
+    report = json.loads((figures / "reproduce_smoke.json").read_text())
+    assert set(report["tasks"]) == {"digits", "recall", "passcode"}
+    digits = report["tasks"]["digits"]
+    assert digits["memento/free_running"]["total"] == 20  # 2 examples x 10 blocks
+    assert digits["decoded_trace_kv"]["vanilla_peak"] >= digits["decoded_trace_kv"]["memento_peak"]
+    assert report["tasks"]["recall"]["restart/answer"]["total"] == 2
+    assert report["tasks"]["passcode"]["memento/answer"]["total"] == 10  # 2 examples x 5 passcode digits
+    assert report["command"].endswith("--tasks digits recall passcode")
+    for name in ("training_digits_smoke.png", "training_recall_smoke.csv", "kv_sawtooth_digits_smoke.png"):
+        assert (figures / name).stat().st_size > 0
+    assert "results (smoke preset" in capsys.readouterr().out
