@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 from leakage.config import THINK_END, THINK_START
-from leakage.io import atomic_write_json
+from leakage.io import atomic_file, atomic_write_json
 from leakage.pipeline.compress import Compressor
 from leakage.pipeline.llm import LLMError
 from leakage.pipeline.scoring import BoundaryScorer
@@ -205,16 +203,9 @@ def _open_checkpoint(checkpoint: Path, input_path: Path, settings: dict) -> None
 
 def _write_jsonl_stream(path: Path, lines: Iterator[str]) -> None:
     """Write lines to `path` via a temp file and an atomic rename (no partial output, bounded memory)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for line in lines:
+            f.write(line)
 
 
 def run_pipeline(input_path: str | Path, output_path: str | Path, *, tokenizer, scorer: BoundaryScorer,
