@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from leakage.pipeline.cli import add_data_commands
-from leakage.tasks import TASKS
+from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -113,6 +113,17 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_accuracies(results: dict) -> None:
+    """One line per accuracy of an `evaluate_checkpoint` result, with its 95% interval and counts."""
+    for key, value in results.items():
+        if isinstance(value, dict) and "accuracy" in value:
+            print(f"  {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, {value['ci95_high']:.1%}]"
+                  f"  ({value['correct']}/{value['total']})")
+    if "chance" in results:
+        print(f"  {'chance':>30}: {results['chance']:6.1%}")
+        print(f"  {'memento text alone (best)':>30}: {results['text_only_bayes_optimal']:6.1%}")
+
+
 def _train(args: argparse.Namespace) -> int:
     """Two-stage Memento SFT of a synthetic task (see leakage.train)."""
     import time
@@ -149,13 +160,7 @@ def _eval(args: argparse.Namespace) -> int:
     task = TaskConfig(task=args.task, n_blocks=args.blocks, passcode_block=passcode_block)
     results = {"checkpoint": str(args.checkpoint),
                **evaluate_checkpoint(model, tokenizer, task, args.n, args.seed, args.keep_last_n_blocks)}
-    for key, value in results.items():
-        if isinstance(value, dict):
-            print(f"{args.task:>7} {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, "
-                  f"{value['ci95_high']:.1%}]  ({value['correct']}/{value['total']})")
-    if "chance" in results:
-        print(f"chance {results['chance']:.1%}; best possible from memento text alone "
-              f"{results['text_only_bayes_optimal']:.1%}")
+    _print_accuracies(results)
     if args.out:
         atomic_write_json(args.out, results)
         print(f"wrote {args.out}")
@@ -177,12 +182,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     for task, results in report["tasks"].items():
         minutes = results["train_wall_seconds"] / 60
         print(f"{task}: trained in {minutes:.1f} min (both stages)")
-        for key, value in results.items():
-            if isinstance(value, dict) and "accuracy" in value:
-                print(f"  {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, {value['ci95_high']:.1%}]")
-        if "chance" in results:
-            print(f"  {'chance':>30}: {results['chance']:6.1%}")
-            print(f"  {'memento text alone (best)':>30}: {results['text_only_bayes_optimal']:6.1%}")
+        _print_accuracies(results)
         if "decoded_trace_kv" in results:
             kv = results["decoded_trace_kv"]
             print(f"  KV while the model writes a trace: peak {kv['vanilla_peak']} -> {kv['memento_peak']} tokens "
@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--mask-delimiters", action="store_true")
     train.add_argument("--blocks", type=int, default=10)
     train.add_argument("--passcode-block", type=int, default=1, help="block holding a passcode; -1 for none")
-    train.add_argument("--short-block-rate", type=float, default=0.8,
+    train.add_argument("--short-block-rate", type=float, default=TRAINING_SHORT_BLOCK_RATE,
                        help="curriculum: share of blocks with fewer digits (0 = the paper's fixed blocks)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     repro.add_argument("--figures-dir", default="figures")
     repro.add_argument("--n-eval", type=int, default=256)
     repro.add_argument("--seed", type=int, default=0)
-    repro.add_argument("--short-block-rate", type=float, default=0.8,
+    repro.add_argument("--short-block-rate", type=float, default=TRAINING_SHORT_BLOCK_RATE,
                        help="training curriculum: share of shorter blocks (evaluation always uses full blocks)")
     repro.add_argument("--tasks", nargs="+", choices=TASKS, help="default: digits recall")
     repro.set_defaults(func=_reproduce)

@@ -25,7 +25,7 @@ from leakage.io import atomic_write_json, atomic_write_text
 from leakage.kv import simulate_kv
 from leakage.model import load_model
 from leakage.plotting import plot_kv_sawtooth, plot_training_curves
-from leakage.tasks import TaskConfig, make_example
+from leakage.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig, make_example
 from leakage.train import RunConfig, train, train_preset
 
 PAPER = {
@@ -44,7 +44,7 @@ class ReproduceConfig:
     figures_dir: str = "figures"
     n_eval: int = 256
     seed: int = 0
-    short_block_rate: float = 0.8  # training curriculum (leakage.tasks); evaluation uses full blocks
+    short_block_rate: float = TRAINING_SHORT_BLOCK_RATE  # training curriculum; evaluation uses full blocks
     tasks: tuple[str, ...] = ("digits", "recall")  # passcode: see docs/results.md
 
 

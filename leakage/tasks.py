@@ -33,6 +33,7 @@ from leakage.trace import MementoTrace
 from leakage.spans import parse_spans
 
 TASKS = ("digits", "recall", "passcode")
+TRAINING_SHORT_BLOCK_RATE = 0.8  # the curriculum `leakage train`/`reproduce` use (docs/results.md)
 
 
 @dataclass(frozen=True)
