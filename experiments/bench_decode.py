@@ -9,8 +9,9 @@ the `tiny` preset; its weights do not affect speed. Reports:
 * peak KV and KV AUC ratios (vanilla / memento), bytes at bf16 for this model;
 * tokens/s for one sequence, vanilla and memento;
 * per-token overhead of eviction decoding at equal cache length: each memento step's time against the
-  vanilla step that ran with the same physical cache length, plus the time spent in the tracker and
-  compaction alone. Single-sequence runs are repeated `--repeats` times, vanilla and memento
+  vanilla step that ran with the same physical cache length, plus the time spent on eviction alone
+  (tracker, schedule and compaction, as the decoder reports it to `on_step`). Single-sequence runs
+  are repeated `--repeats` times, vanilla and memento
   alternating so that drift hits both alike; each step's time is its median over the repeats. The
   noise floor: the same ratio over the steps before the first eviction, where both runs do identical
   work (on a shared 2-core machine it drifts by +-10% from run to run, both ways). The overhead
@@ -28,9 +29,8 @@ import time
 import numpy as np
 import torch
 
-from leakage.cache import compact
 from leakage.config import EvictionConfig
-from leakage.decode import Decoder
+from leakage.decode import Decoder, force_policy
 from leakage.io import atomic_write_json
 from leakage.kv import kv_bytes_per_token_of, simulate_kv
 from leakage.model import build_model
@@ -49,53 +49,40 @@ def uniform_trace(tokenizer, n_blocks: int, block_tokens: int, memento_tokens: i
     return trace.to_ids(tokenizer)
 
 
-class TimedCompaction:
-    """Wraps `leakage.cache.compact` as used by the decoder to add up its wall time."""
-
-    def __init__(self):
-        self.seconds = 0.0
-
-    def __call__(self, *args):
-        start = time.perf_counter()
-        compact(*args)
-        self.seconds += time.perf_counter() - start
-
-
 def run(model, tokenizer, seqs: list[list[int]], config: EvictionConfig, prompt_len: int) -> dict:
-    """Decode `seqs` as one batch in lockstep; per-step wall time and physical cache length."""
-    import leakage.decode as decode_module
+    """Decode `seqs` as one batch in lockstep (teacher forcing); per-step wall time and physical cache length.
 
-    timer = TimedCompaction()
-    decode_module.compact = timer
-    try:
-        decoder = Decoder(model, tokenizer, config, [s[:prompt_len] for s in seqs])
-        start = time.perf_counter()
-        decoder.prefill()
-        step_times, slots = [], []
-        for t in range(prompt_len, len(seqs[0])):
-            slots.append(decoder.table.n_slots + 1)
-            s0 = time.perf_counter()
-            decoder.step([s[t] for s in seqs])
-            step_times.append(time.perf_counter() - s0)
-        total = time.perf_counter() - start
-    finally:
-        decode_module.compact = compact
+    Timings come from the decoder's own `on_step` reports: each step's forward, and its eviction work
+    (tracker, schedule and compaction).
+    """
+    decoder = Decoder(model, tokenizer, config, [s[:prompt_len] for s in seqs])
+    step_times, slots, evict_seconds = [], [], []
+
+    def timed(step, cache):
+        if step.index == 0:
+            return
+        step_times.append(step.forward_seconds + step.evict_seconds)
+        evict_seconds.append(step.evict_seconds)
+        slots.append(decoder.cache_slots[-1])
+
+    start = time.perf_counter()
+    results = decoder.run(force_policy(seqs), timed)
+    total = time.perf_counter() - start
     steps = len(seqs[0]) - prompt_len
     tracker_start = time.perf_counter()  # the tracker alone, replayed without a model
     for s in seqs:
         simulate_kv(s, tokenizer, config)
     tracker_seconds = time.perf_counter() - tracker_start
     return {"seconds": total, "tokens": steps * len(seqs), "tokens_per_s": steps * len(seqs) / total,
-            "step_times": step_times, "slots": slots, "compaction_seconds": timer.seconds,
-            "tracker_seconds": tracker_seconds,
-            "kv": [r.result().kv for r in decoder.rows]}
+            "step_times": step_times, "slots": slots, "eviction_seconds": sum(evict_seconds),
+            "tracker_seconds": tracker_seconds, "kv": [r.kv for r in results]}
 
 
 def median_run(runs: list[dict]) -> dict:
     """Repeats of one `run` (same trace, same config) folded into one: medians of times, step by step."""
     return {**runs[0],
             **{key: float(np.median([r[key] for r in runs]))
-               for key in ("seconds", "tokens_per_s", "compaction_seconds", "tracker_seconds")},
+               for key in ("seconds", "tokens_per_s", "eviction_seconds", "tracker_seconds")},
             "step_times": np.median([r["step_times"] for r in runs], axis=0).tolist()}
 
 
@@ -163,7 +150,7 @@ def main() -> None:
                "vanilla_peak_bytes": kv_v.peak_bytes(bytes_per_token),
                "memento_peak_bytes": kv_m.peak_bytes(bytes_per_token)},
         "single_sequence": {name: {"tokens_per_s": r["tokens_per_s"], "seconds": r["seconds"],
-                                   "compaction_seconds": r["compaction_seconds"],
+                                   "eviction_seconds": r["eviction_seconds"],
                                    "tracker_seconds": r["tracker_seconds"]} for name, r in single.items()},
         "overhead_at_equal_cache_length": {
             "matched_steps": len(pairs),
@@ -173,9 +160,7 @@ def main() -> None:
             "noise_floor_median_step_ratio_minus_1": float(np.median(identical) - 1),
             "net_of_noise_floor_median_step_ratio_minus_1":
                 float(np.median(memento_t / vanilla_t) / np.median(identical) - 1),
-            "tracker_plus_compaction_share_of_memento_time":
-                (single["memento"]["compaction_seconds"] + single["memento"]["tracker_seconds"])
-                / single["memento"]["seconds"],
+            "eviction_share_of_memento_time": single["memento"]["eviction_seconds"] / single["memento"]["seconds"],
         },
         "fixed_kv_budget": {"budget_tokens": budget, **batch,
                             "throughput_ratio": batch["memento"]["aggregate_tokens_per_s"]

@@ -90,3 +90,69 @@ def attention_mask(table: SlotTable, new_valid: torch.Tensor, hidden: torch.Tens
     allowed = torch.cat([old, new], dim=2)  # (B, q, S + q)
     zeros = torch.zeros(allowed.shape, dtype=dtype)
     return zeros.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+class LogicalKV:
+    """Keys or values of one layer of a live batched cache, indexed by *logical* position.
+
+    `view[row, kv_head, positions]` reads (kv_head and positions may be ints, slices over heads, or
+    sequences of positions) and `view[row, kv_head, positions] = tensor` writes in place, whatever
+    physical slots the row's entries occupy after compaction. Asking for a position the row's cache
+    does not hold (evicted, not yet computed) raises `KeyError` naming it.
+    """
+
+    def __init__(self, cache, table: SlotTable, layer: int, which: str):
+        self.cache, self.table, self.layer, self.which = cache, table, layer, which
+
+    def _tensor(self) -> torch.Tensor:  # (B, kv_heads, S, d_head); re-read: compaction replaces it
+        return getattr(cache_layers(self.cache)[self.layer], self.which)
+
+    def _index(self, key) -> tuple[int, object, torch.Tensor, bool]:
+        if not isinstance(key, tuple) or len(key) != 3:
+            raise IndexError("index a logical KV view as [row, kv_head, positions]")
+        row, head, positions = key
+        scalar = isinstance(positions, int)
+        wanted = [positions] if scalar else list(positions)
+        held = self.table.valid[row]
+        slots = []
+        for position in wanted:
+            match = (held & (self.table.positions[row] == position)).nonzero().flatten()
+            if len(match) == 0:
+                raise KeyError(f"row {row} of the cache does not hold logical position {position} "
+                               f"(evicted or not computed yet); it holds {self.table.row_positions(row)}")
+            slots.append(int(match[0]))
+        return row, head, torch.tensor(slots, dtype=torch.long), scalar
+
+    def __getitem__(self, key) -> torch.Tensor:
+        row, head, slots, scalar = self._index(key)
+        out = self._tensor()[row][head][..., slots, :]  # (..., P, d_head)
+        return out[..., 0, :] if scalar else out
+
+    def __setitem__(self, key, value: torch.Tensor) -> None:
+        row, head, slots, scalar = self._index(key)
+        target = self._tensor()[row][head]  # a view: writing into it writes the cache
+        target[..., slots, :] = value.unsqueeze(-2) if scalar else value
+
+
+class LiveCache:
+    """The decoder's batched cache seen by logical position: what `Decoder.run`'s `on_step` receives.
+
+    `keys(layer)` / `values(layer)` are `LogicalKV` views (post-RoPE keys and values, per KV head,
+    exactly what attention reads); `positions(row)` lists the logical positions a row holds.
+    """
+
+    def __init__(self, cache, table: SlotTable):
+        self.cache, self.table = cache, table
+
+    @property
+    def n_layers(self) -> int:
+        return len(cache_layers(self.cache))
+
+    def keys(self, layer: int) -> LogicalKV:
+        return LogicalKV(self.cache, self.table, layer, "keys")
+
+    def values(self, layer: int) -> LogicalKV:
+        return LogicalKV(self.cache, self.table, layer, "values")
+
+    def positions(self, row: int) -> list[int]:
+        return self.table.row_positions(row)

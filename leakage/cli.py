@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from leakage.config import EvictionConfig
+from leakage.flags import add_flags, from_flags
 from leakage.pipeline.cli import add_data_commands
-from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE
+from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE, TaskConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -27,9 +29,9 @@ def _demo(args: argparse.Namespace) -> int:
     for block in spans.blocks:
         print(f"block {block.index}: <|block_start|> at {block.block_start}, <|block_end|> at {block.block_end}, "
               f"summary {block.summary_start}..{block.summary_end}")
-    mask = memento_mask(ids, tokenizer, keep_last_n_blocks=args.keep_last_n_blocks,
-                        mask_delimiters=args.mask_delimiters)
-    print(f"\nmemento mask (keep_last_n_blocks={args.keep_last_n_blocks}, mask_delimiters={args.mask_delimiters}):")
+    config = from_flags(EvictionConfig, args)
+    mask = memento_mask(ids, tokenizer, config=config)
+    print(f"\nmemento mask ({config}):")
     print(format_mask(mask, spans))
 
     batch = torch.tensor([ids])
@@ -79,13 +81,11 @@ def _marked(ids: list[int], tokenizer, prompt_len: int) -> str:
 
 def _decode(args: argparse.Namespace) -> int:
     """Decode (or teacher-force) with block eviction; print the marked trace and the KV summary."""
-    from leakage.config import EvictionConfig
     from leakage.decode import generate, teacher_force
     from leakage.kv import kv_bytes_per_token_of, simulate_kv
 
     model, tokenizer = _load(args)
-    config = EvictionConfig(keep_last_n_blocks=args.keep_last_n_blocks, mask_delimiters=args.mask_delimiters,
-                            restart=args.restart, max_block_tokens=args.max_block_tokens)
+    config = from_flags(EvictionConfig, args)
     prompt = tokenizer.encode(args.prompt, add_special_tokens=False)
     if args.teacher_force:
         ids = prompt + tokenizer.encode(args.teacher_force, add_special_tokens=False)
@@ -130,18 +130,16 @@ def _train(args: argparse.Namespace) -> int:
 
     from dataclasses import replace
 
-    from leakage.tasks import TaskConfig
     from leakage.train import RunConfig, train, train_preset, with_steps
 
     preset = with_steps(train_preset(args.preset), args.stage1_steps, args.stage2_steps)
     if args.model_preset:
         preset = replace(preset, model_preset=args.model_preset)
-    passcode_block = None if args.passcode_block < 0 else args.passcode_block
-    task = TaskConfig(task=args.task, n_blocks=args.blocks, passcode_block=passcode_block,
-                      short_block_rate=args.short_block_rate)
-    run = RunConfig(task=task,
-                    preset=preset, stages=tuple(int(s) for s in args.stages.split(",")),
-                    keep_last_n_blocks=args.keep_last_n_blocks, mask_delimiters=args.mask_delimiters, seed=args.seed)
+    stages = tuple(int(s) for s in args.stages.split(","))
+    if not stages or any(s not in (1, 2) for s in stages) or list(stages) != sorted(set(stages)):
+        raise SystemExit(f"leakage train: --stages must be '1,2', '1' or '2', got {args.stages!r}")
+    run = RunConfig(task=from_flags(TaskConfig, args), preset=preset, stages=stages,
+                    eviction=from_flags(EvictionConfig, args), seed=args.seed)
     start = time.perf_counter()
     final = train(run, args.out, resume=args.resume)
     print(f"trained {args.task} ({args.preset}) in {time.perf_counter() - start:.0f} s; final model: {final}")
@@ -153,16 +151,47 @@ def _eval(args: argparse.Namespace) -> int:
     from leakage.evaluate import evaluate_checkpoint
     from leakage.io import atomic_write_json
     from leakage.model import load_model
-    from leakage.tasks import TaskConfig
 
     model, tokenizer = load_model(args.checkpoint)
-    passcode_block = None if args.passcode_block < 0 else args.passcode_block
-    task = TaskConfig(task=args.task, n_blocks=args.blocks, passcode_block=passcode_block)
     results = {"checkpoint": str(args.checkpoint),
-               **evaluate_checkpoint(model, tokenizer, task, args.n, args.seed, args.keep_last_n_blocks)}
+               **evaluate_checkpoint(model, tokenizer, from_flags(TaskConfig, args), args.n, args.seed,
+                                     from_flags(EvictionConfig, args))}
     _print_accuracies(results)
     if args.out:
         atomic_write_json(args.out, results)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _consistency(args: argparse.Namespace) -> int:
+    """Logit and KV differences between the two eviction timings, and decoder vs masked forward."""
+    from leakage.consistency import consistency_report
+    from leakage.io import atomic_write_json
+    from leakage.model import load_model
+    from leakage.tasks import make_example
+
+    model, tokenizer = load_model(args.checkpoint)
+    task = from_flags(TaskConfig, args)
+    examples = [make_example(task, tokenizer, args.seed, i, "val") for i in range(args.n)]
+    report = consistency_report(model, tokenizer, [e.ids for e in examples], [e.positions for e in examples],
+                                from_flags(EvictionConfig, args, summary_end_sees_block=False))
+    report = {"checkpoint": str(args.checkpoint), "task": vars(task), "seed": args.seed,
+              "command": "leakage consistency " + " ".join(args.argv), **report}
+    print(f"{report['sequences']} sequences, {report['tokens']} tokens; engine timing vs summary_end_sees_block:")
+    timing = report["timing"]
+    print(f"  {'part':>14} {'positions':>9} {'max|dlogit|':>12} {'mean KL':>9} {'argmax chg':>10} "
+          f"{'max|dK|':>9} {'max|dV|':>9}")
+    for part, stats in timing["max_abs_logit_diff"].items():
+        print(f"  {part:>14} {stats['positions']:>9} {stats['max']:>12.4f} "
+              f"{timing['kl_engine_to_summary_end_sees_block'][part]['mean']:>9.4f} "
+              f"{timing['argmax_changed'][part]['mean']:>10.1%} {timing['max_abs_key_diff'][part]['max']:>9.4f} "
+              f"{timing['max_abs_value_diff'][part]['max']:>9.4f}")
+    for name, gaps in report["engine"].items():
+        print(f"eviction decoding vs masked forward ({name}): max |dlogit| "
+              f"{gaps['max_abs_logit_diff_decoder_vs_masked_forward']:.1e}, max |dKV| "
+              f"{gaps['max_abs_kv_diff_decoder_vs_masked_forward']:.1e}")
+    if args.out:
+        atomic_write_json(args.out, report)
         print(f"wrote {args.out}")
     return 0
 
@@ -199,8 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="end-to-end check of trace format, memento mask and the three model views")
     demo.add_argument("--preset", default="tiny", help="model preset (tiny, small)")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--keep-last-n-blocks", type=int, default=0)
-    demo.add_argument("--mask-delimiters", action="store_true")
+    add_flags(demo, EvictionConfig, skip=("max_block_tokens",))
     demo.set_defaults(func=_demo)
 
     decode = sub.add_parser("decode", help="decode with block eviction; print the marked trace and KV summary")
@@ -209,10 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--prompt", required=True, help="prompt text (e.g. 'what is the sum ? <think>')")
     decode.add_argument("--teacher-force", metavar="TEXT", help="feed this response instead of sampling one")
     decode.add_argument("--max-new-tokens", type=int, default=256)
-    decode.add_argument("--keep-last-n-blocks", type=int, default=0)
-    decode.add_argument("--mask-delimiters", action="store_true")
-    decode.add_argument("--restart", action="store_true")
-    decode.add_argument("--max-block-tokens", type=int)
+    add_flags(decode, EvictionConfig)
     decode.add_argument("--temperature", type=float, default=0.0)
     decode.add_argument("--top-k", type=int)
     decode.add_argument("--top-p", type=float)
@@ -221,33 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     decode.set_defaults(func=_decode)
 
     train = sub.add_parser("train", help="two-stage Memento SFT on a synthetic task (torchrun-ready)")
-    train.add_argument("--task", choices=TASKS, default="digits")
     train.add_argument("--preset", default="fast", help="smoke, fast or paper")
     train.add_argument("--out", required=True, help="run folder, e.g. runs/digits-fast")
     train.add_argument("--stages", default="1,2", help="'1,2' (default), '2' (memento mask only) or '1'")
     train.add_argument("--stage1-steps", type=int)
     train.add_argument("--stage2-steps", type=int)
     train.add_argument("--model-preset", help="tiny or small (default: the training preset's)")
-    train.add_argument("--keep-last-n-blocks", type=int, default=0)
-    train.add_argument("--mask-delimiters", action="store_true")
-    train.add_argument("--blocks", type=int, default=10)
-    train.add_argument("--passcode-block", type=int, default=1, help="block holding a passcode; -1 for none")
-    train.add_argument("--short-block-rate", type=float, default=TRAINING_SHORT_BLOCK_RATE,
-                       help="curriculum: share of blocks with fewer digits (0 = the paper's fixed blocks)")
+    add_flags(train, TaskConfig, rename={"n_blocks": "blocks"},
+              defaults={"short_block_rate": TRAINING_SHORT_BLOCK_RATE})  # the curriculum (docs/results.md)
+    add_flags(train, EvictionConfig, skip=("max_block_tokens",))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
     evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--task", choices=TASKS, default="digits")
     evaluate.add_argument("--n", type=int, default=256, help="validation examples")
     evaluate.add_argument("--seed", type=int, default=1)
-    evaluate.add_argument("--blocks", type=int, default=10)
-    evaluate.add_argument("--passcode-block", type=int, default=1)
-    evaluate.add_argument("--keep-last-n-blocks", type=int, default=0)
+    add_flags(evaluate, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+    add_flags(evaluate, EvictionConfig, skip=("restart", "max_block_tokens"))
     evaluate.add_argument("--out", help="write the results as JSON here")
     evaluate.set_defaults(func=_eval)
+
+    consistency = sub.add_parser("consistency", help="logit/KV differences between eviction timings, and "
+                                                     "eviction decoding vs the masked forward, for a checkpoint")
+    consistency.add_argument("checkpoint", help="local HF checkpoint directory")
+    consistency.add_argument("--n", type=int, default=32, help="validation traces of the task")
+    consistency.add_argument("--seed", type=int, default=1)
+    add_flags(consistency, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+    add_flags(consistency, EvictionConfig, skip=("summary_end_sees_block", "max_block_tokens"))
+    consistency.add_argument("--out", help="write the report as JSON here")
+    consistency.set_defaults(func=_consistency)
 
     repro = sub.add_parser("reproduce", help="the main job: train, evaluate and measure the toy Memento models")
     repro.add_argument("--preset", default="fast", help="training preset: smoke, fast (default) or paper")
@@ -265,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]  # the subcommand's own arguments, for the command written beside results
     return args.func(args)
 
 

@@ -60,15 +60,19 @@ def model_preset(name: str) -> ModelPreset:
 
 @dataclass(frozen=True)
 class EvictionConfig:
-    """Which KV entries Memento decoding evicts, with the reference vLLM engine's block-masking options.
+    """Which KV entries Memento decoding evicts, and when: the official engine's block-masking options.
 
     keep_last_n_blocks: -1 no eviction (vanilla); 0 evict every completed block; N keep the N most
         recently completed blocks.
     mask_delimiters: evict `<|block_start|>`/`<|block_end|>` with the block (Phi-4) or keep them (Qwen3).
-    restart: when a memento completes, re-encode it (and a retained `<|block_end|>`) without its block.
-    max_block_tokens: force `<|block_end|>` once a block holds this many reasoning tokens (None: no cap).
-    keep_last_block_for_answer: evict at the next `<|block_start|>` instead of at `<|summary_end|>`, so
-        the last block before `</think>` stays visible to the answer.
+    restart: the restart ablation. Evicts `<|block_start|>` .. `<|block_end|>` inclusive and recomputes
+        from the `<|summary_start|>` of the block whose summary just ended, without the evicted block.
+    max_block_tokens: force `<|block_end|>` once the open block holds this many non-marker tokens.
+    keep_last_block_for_answer: (keep_last_n_blocks=0 only, as in the engine) evict at the next
+        `<|block_start|>` instead of at `<|summary_end|>`, so the last block stays visible to the answer.
+    summary_end_sees_block: NOT the engine. Evictions take effect one query later, so the
+        `<|summary_end|>` row still sees the block it closes (this package's earlier timing; the
+        paper's unreleased training mask may have used it). See `leakage.schedule` for every rule.
     """
 
     keep_last_n_blocks: int = 0
@@ -76,6 +80,7 @@ class EvictionConfig:
     restart: bool = False
     max_block_tokens: int | None = None
     keep_last_block_for_answer: bool = False
+    summary_end_sees_block: bool = False
 
     def __post_init__(self):
         if self.keep_last_n_blocks < -1:
@@ -89,15 +94,11 @@ class EvictionConfig:
     def evicts(self) -> bool:
         return self.keep_last_n_blocks != -1
 
-    def mask_kwargs(self) -> dict:
-        """Keyword arguments of `leakage.mask.memento_mask` that describe the same attention pattern."""
-        return dict(keep_last_n_blocks=self.keep_last_n_blocks, mask_delimiters=self.mask_delimiters,
-                    restart=self.restart, keep_last_block_for_answer=self.keep_last_block_for_answer)
-
 
 EVICTION_PRESETS: dict[str, EvictionConfig] = {
     "vanilla": EvictionConfig(keep_last_n_blocks=-1),
     "memento": EvictionConfig(keep_last_n_blocks=0),  # the paper's setting, Qwen3 delimiters
     "memento_phi4": EvictionConfig(keep_last_n_blocks=0, mask_delimiters=True),
     "restart": EvictionConfig(keep_last_n_blocks=0, restart=True),
+    "memento_summary_end_sees_block": EvictionConfig(keep_last_n_blocks=0, summary_end_sees_block=True),
 }

@@ -1,21 +1,29 @@
-"""Memento decoding: a block tracker per sequence plus physical KV eviction, on an HF causal LM.
+"""Memento decoding: one decode loop, a block tracker per sequence, and physical KV eviction.
 
-Every token keeps its original (logical) position id; once a block's memento is complete its entries
-are removed from every layer's keys and values (`leakage.cache`). This computes exactly what one dense
+Every token keeps its original (logical) position id; the eviction schedule (`leakage.schedule`,
+the official engine's timing by default) says which entries leave the cache and when, and they are
+removed from every layer's keys and values (`leakage.cache`). This computes exactly what one dense
 forward with `memento_mask` computes — the invariant the tests check:
 
-    teacher_force(model, tok, ids, cfg).logits  ==  model(ids, attention_mask=memento_mask(ids, tok, **cfg.mask_kwargs()))
+    teacher_force(model, tok, ids, cfg).logits  ==  model(ids, attention_mask=additive_mask(memento_mask(ids, tok, config=cfg))).logits
 
-Entry points:
-* `generate(model, tokenizer, prompt_ids, config, ...)`: greedy or sampled decoding of a batch.
-* `teacher_force(model, tokenizer, ids, config)`: feed given sequences step by step, keep the logits.
+`Decoder.run(choose_next, on_step)` is the one decode loop. `choose_next(step, decoder)` picks the
+next token of every row (a *policy*); `on_step(step, cache)` sees every forward and may read or edit
+the live cache by logical position (`leakage.cache.LiveCache`): that is where KV patching and
+ablation during decoding happen, and where the benchmark reads its timings. The entry points are
+short policies on it:
+
+* `generate(model, tokenizer, prompt_ids, config, ...)`: greedy or sampled decoding of a batch;
+* `teacher_force(model, tokenizer, ids, config)`: feed given sequences, keep every position's logits;
+* `force_policy(...)`: feed given tokens except where a predicate lets the model choose (free-running
+  evaluation).
 
 `model` may be the HF module, a TransformerLens `TransformerBridge` over it (hooks fire every step),
 or an `nnsight.NNsight` wrapper (pass `intervention=fn(view)`, run inside each step's trace).
 
-Restart mode: when a memento completes, its entries (and a retained `<|block_end|>`) are dropped and
-re-encoded in one forward with the block hidden; the next token is predicted from that re-encoding.
-In `teacher_force` results the logits at re-encoded positions are those of the re-encoding pass.
+Restart mode: when the schedule asks for a recomputation, the row's entries from the rewind point
+are dropped and recomputed together with the new token in that step's forward; the logits at the
+recomputed positions (`Step.logits`) are those of the recomputation.
 
 Malformed generated streams never crash a batch: the tracker runs with `strict=False`, records the
 problem in `SequenceResult.malformed`, and treats the token as an ordinary token of its context.
@@ -23,16 +31,18 @@ problem in `SequenceResult.malformed`, and treats the token as an ordinary token
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
 
-from leakage.cache import SlotTable, attention_mask, compact
+from leakage.cache import LiveCache, SlotTable, attention_mask, compact
 from leakage.config import EvictionConfig
 from leakage.kv import KVTrace
-from leakage.spans import SpanKind, SpanTracker, TraceSpans, as_marker_ids, parse_spans
+from leakage.schedule import Eviction, events_at
+from leakage.spans import MarkerIds, SpanTracker, TraceSpans, as_marker_ids, parse_spans
 
 Forward = Callable[[torch.Tensor, DynamicCache, torch.Tensor, torch.Tensor], torch.Tensor]
 """(input_ids (B, q), cache, additive mask (B, 1, q, S+q), position_ids (B, q)) -> logits (B, q, V)."""
@@ -79,11 +89,11 @@ def forward_fn(model, intervention: Callable | None = None) -> Forward:
 class SequenceResult:
     """One decoded sequence.
 
-    ids: prompt + response token ids. kv: cache size while each fed position was computed (the last
-    generated token, never fed back, has none). forced_block_ends: positions where `<|block_end|>`
-    was forced by `max_block_tokens`. Recorded only with `record_cache=True`: attended[p], the
-    logical positions query p attended; cache_after[p], the positions held in the cache once step p
-    and its evictions are done (None for prompt positions before the last, prefilled together).
+    ids: prompt + response token ids. kv: cache size while each fed position was first computed (the
+    last generated token, never fed back, has none). forced_block_ends: positions where
+    `<|block_end|>` was forced by `max_block_tokens`. evictions: every eviction applied, in order.
+    attended (only with `record_cache=True`): attended[p], the logical positions query p attended
+    when its final keys/values were computed.
     """
 
     ids: list[int]
@@ -91,8 +101,8 @@ class SequenceResult:
     kv: KVTrace
     malformed: list[tuple[int, str]] = field(default_factory=list)
     forced_block_ends: list[int] = field(default_factory=list)
+    evictions: list[Eviction] = field(default_factory=list)
     attended: list[list[int]] | None = None
-    cache_after: list[list[int] | None] | None = None
 
     @property
     def response(self) -> list[int]:
@@ -118,46 +128,109 @@ class TeacherForceResult:
 
 
 @dataclass
+class Step:
+    """One forward of the decoder, as `choose_next` and `on_step` see it.
+
+    index: 0 for the prefill, then 1, 2, ...
+    positions: per row, the logical positions computed in this forward, in order (empty: row idle;
+        more than one: the prefill, or a restart recomputation ending at the new token).
+    logits: (B, q, V), row b's logits at `positions[b]`, right-padded.
+    evictions: per row, the evictions applied in this step (before or after its forward).
+    forward_seconds / evict_seconds: wall time of the forward, and of the tracker + schedule + compaction.
+    """
+
+    index: int
+    positions: list[list[int]]
+    logits: torch.Tensor
+    evictions: list[list[Eviction]]
+    forward_seconds: float
+    evict_seconds: float
+
+    def logits_of(self, row: int) -> torch.Tensor:
+        """(n, V): row's logits at `positions[row]`."""
+        return self.logits[row, :len(self.positions[row])]
+
+    def next_logits(self, row: int) -> torch.Tensor:
+        """(V,): the prediction for row's next token."""
+        if not self.positions[row]:
+            raise ValueError(f"row {row} computed nothing in step {self.index}: no next-token logits")
+        return self.logits[row, len(self.positions[row]) - 1]
+
+
+Policy = Callable[[Step, "Decoder"], list]
+"""choose_next(step, decoder) -> one token id per row, or None (the row feeds nothing this step)."""
+OnStep = Callable[[Step, LiveCache], None]
+
+
+@dataclass
 class _Row:
     ids: list[int]
     prompt_len: int
     tracker: SpanTracker
     counts: list[int] = field(default_factory=list)
     attended: list[list[int]] | None = None
-    cache_after: list[list[int] | None] | None = None
     forced: list[int] = field(default_factory=list)
+    evictions: list[Eviction] = field(default_factory=list)
     done: bool = False
 
     def result(self) -> SequenceResult:
         return SequenceResult(ids=self.ids, prompt_len=self.prompt_len,
                               kv=KVTrace(cached_tokens=self.counts, prompt_len=self.prompt_len),
                               malformed=list(self.tracker.errors), forced_block_ends=self.forced,
-                              attended=self.attended, cache_after=self.cache_after)
+                              evictions=self.evictions, attended=self.attended)
 
 
 class Decoder:
-    """The stepping API under `generate`/`teacher_force`: a batched cache, its slot table, one tracker per row.
+    """A batched cache, its slot table and one block tracker per row; `run` is the decode loop.
 
-    `prefill()` encodes the prompts; each `step(tokens)` feeds one token per row (None: idle) and
-    applies the evictions (and restart re-encodings) those tokens trigger. Use it directly to time or
-    intervene between steps; `rows[b].ids`, `table` and `cache` expose the state.
+    `prefill()` encodes the prompts; each `step(tokens)` feeds one token per row (None: idle),
+    applying the evictions and restart recomputations the schedule attaches to those tokens.
+    `finish(row, token)` ends a row. `cache` is the live cache by logical position.
     """
 
     def __init__(self, model, tokenizer, config: EvictionConfig, prompts: list[list[int]],
                  record_cache: bool = False, intervention: Callable | None = None):
+        if not prompts:
+            raise ValueError("no prompts to decode")
+        for b, prompt in enumerate(prompts):
+            if len(prompt) == 0:
+                raise ValueError(f"empty prompt at batch index {b}: nothing to predict from")
         self.config = config
         self.markers = as_marker_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.forward = forward_fn(model, intervention)
-        self.cache = DynamicCache(config=hf_module(model).config)
+        self.vocab_size = hf_module(model).config.vocab_size
+        self.kv = DynamicCache(config=hf_module(model).config)
         self.rows = [_Row(ids=list(p), prompt_len=len(p),
                           tracker=SpanTracker(self.markers, prompt_len=len(p), plain_prompt=False, strict=False),
-                          attended=[] if record_cache else None, cache_after=[] if record_cache else None)
+                          attended=[] if record_cache else None)
                      for p in prompts]
         self.table = SlotTable.empty(len(prompts))
+        self.cache = LiveCache(self.kv, self.table)
         self.cache_slots: list[int] = []
+        self.steps = 0
 
-    # -- one forward over q new tokens per row -------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, choose_next: Policy, on_step: OnStep | None = None) -> list[SequenceResult]:
+        """Prefill, then step until every row is done or `choose_next` feeds nothing. `on_step(step,
+        cache)` runs after every forward (the prefill included), before the next tokens are chosen."""
+        step = self.prefill()
+        while True:
+            if on_step is not None:
+                on_step(step, self.cache)
+            tokens = choose_next(step, self)
+            if all(t is None for t in tokens):
+                break
+            step = self.step(tokens)
+        return [row.result() for row in self.rows]
+
+    def finish(self, row: int, token: int | None = None) -> None:
+        """End a row; `token`, if given, is kept as its last output token but never fed."""
+        if token is not None:
+            self.rows[row].ids.append(token)
+        self.rows[row].done = True
+
+    # -- one forward over the new tokens of every row -----------------------------------------------
     def _run(self, tokens: list[list[int]], positions: list[list[int]], hidden: torch.Tensor | None = None):
         """Feed each row its new tokens (a row may have none) right-padded to q; returns logits (B, q, V)."""
         B, q = len(tokens), max(len(t) for t in tokens)
@@ -165,24 +238,29 @@ class Decoder:
         pos = torch.zeros(B, q, dtype=torch.long)
         new_valid = torch.zeros(B, q, dtype=torch.bool)
         for b, (t, p) in enumerate(zip(tokens, positions)):
+            if any(not 0 <= token < self.vocab_size for token in t):
+                bad = next(token for token in t if not 0 <= token < self.vocab_size)
+                raise ValueError(f"row {b}: token id {bad} at position {p[t.index(bad)]} is outside the "
+                                 f"model's vocabulary (0..{self.vocab_size - 1})")
             ids[b, :len(t)] = torch.tensor(t, dtype=torch.long)
             pos[b, :len(p)] = torch.tensor(p, dtype=torch.long)
             new_valid[b, :len(t)] = True
         mask = attention_mask(self.table, new_valid, hidden)
         self.cache_slots.append(self.table.n_slots + q)
         with torch.no_grad():
-            logits = self.forward(ids, self.cache, mask, pos)
+            logits = self.forward(ids, self.kv, mask, pos)
         self.table.append(new_valid, pos)
         return logits
 
     def _record(self, b: int, new_positions: list[int], hidden: torch.Tensor | None = None) -> None:
-        """KV count and attended positions for the new tokens of row b (before they are appended)."""
+        """KV count (entries physically held) and attended positions for the new tokens of row b."""
         row = self.rows[b]
+        held = int(self.table.valid[b].sum())
         visible = self.table.valid[b] if hidden is None else self.table.valid[b] & ~hidden[b]
         cached = sorted(self.table.positions[b][visible].tolist())
         for i, p in enumerate(new_positions):
             if p >= len(row.counts):
-                row.counts.append(len(cached) + i + 1)
+                row.counts.append(held + i + 1)
             if row.attended is not None:
                 seen = cached + new_positions[:i + 1]
                 if p < len(row.attended):
@@ -190,89 +268,76 @@ class Decoder:
                 else:
                     row.attended.append(seen)
 
-    def _evict(self, drop: torch.Tensor, b: int, block_index: int) -> None:
-        if block_index < 0:
+    def _compact(self, ranges: list[list[tuple[int, int]]]) -> None:
+        """Physically remove each row's logical ranges [start, end) from the cache."""
+        if not any(ranges):
             return
-        lo, hi = self.rows[b].tracker.blocks[block_index].masked_range(self.config.mask_delimiters)
-        drop[b] |= self.table.select(b, lo, hi)
+        drop = torch.zeros_like(self.table.valid)
+        for b, row_ranges in enumerate(ranges):
+            for lo, hi in row_ranges:
+                drop[b] |= self.table.select(b, lo, hi)
+        compact(self.kv, self.table, drop)
 
-    # -- public steps -----------------------------------------------------------------------------
-    def prefill(self) -> torch.Tensor:
-        """Encode every prompt (causal, no blocks in prompts); returns logits (B, P_max, V), row-aligned left."""
+    # -- public steps -------------------------------------------------------------------------------
+    def prefill(self) -> Step:
+        """Encode every prompt (causal: prompts are plain text to the tracker) in one forward."""
         for row in self.rows:
             row.tracker.feed_all(row.ids)
         positions = [list(range(len(r.ids))) for r in self.rows]
         for b, p in enumerate(positions):
             self._record(b, p)
+        start = time.perf_counter()
         logits = self._run([r.ids for r in self.rows], positions)
-        self._record_cache_after([list(range(len(r.ids))) for r in self.rows])
-        return logits
+        return Step(0, positions, logits, [[] for _ in self.rows], time.perf_counter() - start, 0.0)
 
-    def _record_cache_after(self, new_positions: list[list[int]]) -> None:
-        for b, row in enumerate(self.rows):
-            if row.cache_after is None or not new_positions[b]:
-                continue
-            row.cache_after += [None] * (len(new_positions[b]) - 1) + [self.table.row_positions(b)]
-
-    def step(self, tokens: list[int | None]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Feed one token per row (None: row idle). Returns next-token logits (B, V) and, for rows
-        that re-encoded a memento (restart), the re-encoding's logits (span, V) keyed by row."""
-        cfg, keep = self.config, self.config.keep_last_n_blocks
-        drop = torch.zeros_like(self.table.valid)
-        new_tokens, new_positions, completed = [], [], []
+    def step(self, tokens: list[int | None]) -> Step:
+        """Feed one token per row (None: row idle) with the evictions and recomputations it triggers."""
+        if len(tokens) != len(self.rows):
+            raise ValueError(f"step got {len(tokens)} tokens for {len(self.rows)} rows")
+        start = time.perf_counter()
+        now, later = [[] for _ in self.rows], [[] for _ in self.rows]  # ranges to drop before / after the forward
+        applied = [[] for _ in self.rows]
+        hidden_ranges: dict[int, tuple[int, int]] = {}
+        new_tokens, new_positions = [], []
         for b, (row, token) in enumerate(zip(self.rows, tokens)):
-            if token is None:
+            if token is None or row.done:
                 new_tokens.append([])
                 new_positions.append([])
                 continue
             pos = len(row.ids)
             row.ids.append(token)
-            kind = row.tracker.feed(token)
-            blocks = row.tracker.blocks
-            if cfg.evicts and kind == SpanKind.BLOCK_DELIM and blocks[-1].block_start == pos:
-                if cfg.keep_last_block_for_answer:
-                    self._evict(drop, b, len(blocks) - 2 - keep)  # deferred eviction, before this step
-            if kind == SpanKind.MEMENTO_DELIM and blocks[-1].summary_end == pos:
-                completed.append(b)
-            new_tokens.append([token])
-            new_positions.append([pos])
-        if drop.any():
-            compact(self.cache, self.table, drop)
+            row.tracker.feed(token)
+            events = events_at(row.tracker.blocks, row.tracker.block_index[-1], pos, self.config)
+            for eviction in events.evictions:
+                (now if eviction.before == pos else later)[b].append((eviction.start, eviction.end))
+                applied[b].append(eviction)
+            recompute = events.recompute
+            first = pos if recompute is None else recompute.start
+            if recompute is not None:
+                now[b].append((first, pos))  # the stale entries of the recomputed positions
+                if recompute.hidden is not None:
+                    hidden_ranges[b] = recompute.hidden
+            new_positions.append(list(range(first, pos + 1)))
+            new_tokens.append(row.ids[first:pos + 1])
+        self._compact(now)
+        hidden = None
+        if hidden_ranges:
+            hidden = torch.zeros_like(self.table.valid)
+            for b, (lo, hi) in hidden_ranges.items():
+                hidden[b] = self.table.select(b, lo, hi)
         for b, p in enumerate(new_positions):
-            self._record(b, p)
-        logits = self._run(new_tokens, new_positions)[:, -1]  # (B, V)
-
-        reencoded = self._restart(completed) if cfg.restart and completed else {}
-        for b, span_logits in reencoded.items():
-            logits[b] = span_logits[-1]
-        if cfg.evicts and not cfg.keep_last_block_for_answer and completed:
-            drop = torch.zeros_like(self.table.valid)
-            for b in completed:
-                self._evict(drop, b, len(self.rows[b].tracker.blocks) - 1 - keep)
-            compact(self.cache, self.table, drop)
-        self._record_cache_after(new_positions)
-        return logits, reencoded
-
-    def _restart(self, rows: list[int]) -> dict[int, torch.Tensor]:
-        """Drop each completed memento's entries and re-encode them with their block hidden."""
-        drop = torch.zeros_like(self.table.valid)
-        spans = {}
-        for b in rows:
-            block = self.rows[b].tracker.blocks[-1]
-            _, start = block.masked_range(self.config.mask_delimiters)
-            spans[b] = (block, start)
-            drop[b] |= self.table.select(b, start, block.summary_end + 1)
-        compact(self.cache, self.table, drop)
-        hidden = torch.zeros_like(self.table.valid)
-        tokens, positions = [[] for _ in self.rows], [[] for _ in self.rows]
-        for b, (block, start) in spans.items():
-            lo, hi = block.masked_range(self.config.mask_delimiters)
-            hidden[b] = self.table.select(b, lo, hi)
-            positions[b] = list(range(start, block.summary_end + 1))
-            tokens[b] = self.rows[b].ids[start:block.summary_end + 1]
-            self._record(b, positions[b], hidden)
-        logits = self._run(tokens, positions, hidden)
-        return {b: logits[b, :len(positions[b])] for b in spans}
+            self._record(b, p, hidden)
+        evict_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        logits = self._run(new_tokens, new_positions, hidden)
+        forward_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        self._compact(later)
+        evict_seconds += time.perf_counter() - start
+        for row, row_applied in zip(self.rows, applied):
+            row.evictions += row_applied
+        self.steps += 1
+        return Step(self.steps, new_positions, logits, applied, forward_seconds, evict_seconds)
 
 
 def _as_batch(ids) -> list[list[int]]:
@@ -301,98 +366,139 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int | Non
     return int(torch.multinomial(logits.softmax(-1), 1, generator=generator))
 
 
-def generate(model, tokenizer, prompt_ids, config: EvictionConfig = EvictionConfig(), *, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop_at_eos: bool = True, record_cache: bool = False,
-             intervention: Callable | None = None) -> GenerationResult:
-    """Decode a batch of prompts with Memento block eviction.
+def forced_block_end(ids: list[int], tracker: SpanTracker, config: EvictionConfig, markers: MarkerIds) -> int | None:
+    """`<|block_end|>` once the open block holds `max_block_tokens` tokens that are not Memento markers
+    (the engine's block length cap); None otherwise."""
+    if config.max_block_tokens is None or not tracker.blocks or tracker.blocks[-1].block_end is not None:
+        return None
+    inside = ids[tracker.blocks[-1].block_start + 1:]
+    held = sum(token not in markers.memento_ids for token in inside)
+    return markers.block_end if held >= config.max_block_tokens else None
 
-    Args:
-        prompt_ids: one prompt (list of ids / 1-D tensor) or a batch of them (ragged is fine).
-        config: what to evict; `EvictionConfig(keep_last_n_blocks=-1)` is vanilla decoding.
-        max_new_tokens / stop_at_eos: stopping rules per sequence.
-        temperature, top_k, top_p, seed: sampling (temperature 0 = greedy); one generator for the batch.
-        record_cache: keep per-position attended / cached positions (see `SequenceResult`).
-        intervention: for an nnsight view, `fn(view)` run inside every step's trace.
-    """
-    prompts = _as_batch(prompt_ids)
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError(f"empty prompt at batch index {[len(p) for p in prompts].index(0)}: nothing to predict from")
-    decoder = Decoder(model, tokenizer, config, prompts, record_cache, intervention)
+
+def sampling_policy(tokenizer, config: EvictionConfig, max_new_tokens: int, temperature: float = 0.0,
+                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                    stop_at_eos: bool = True) -> Policy:
+    """Sample (or take the argmax of) every active row's next token; force `<|block_end|>` at the
+    block length cap; end a row at EOS or after `max_new_tokens` (the last token is kept, not fed)."""
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     eos = tokenizer.eos_token_id
-    prefill_logits = decoder.prefill()
-    next_logits = torch.stack([prefill_logits[b, len(p) - 1] for b, p in enumerate(prompts)])
-    generated = [0] * len(prompts)
-    while True:
+
+    def choose(step: Step, decoder: Decoder) -> list[int | None]:
         tokens: list[int | None] = []
         for b, row in enumerate(decoder.rows):
             if row.done:
                 tokens.append(None)
                 continue
-            token = _forced_token(row, config, decoder.markers)
+            token = forced_block_end(row.ids, row.tracker, config, decoder.markers)
             if token is None:
-                token = sample_next(next_logits[b], temperature, top_k, top_p, generator)
+                token = sample_next(step.next_logits(b), temperature, top_k, top_p, generator)
             else:
                 row.forced.append(len(row.ids))
-            generated[b] += 1
-            if (stop_at_eos and token == eos) or generated[b] >= max_new_tokens:
-                row.ids.append(token)  # kept in the output, never fed back
-                row.done = True
+            if (stop_at_eos and token == eos) or len(row.ids) + 1 - row.prompt_len >= max_new_tokens:
+                decoder.finish(b, token)
                 tokens.append(None)
             else:
                 tokens.append(token)
-        if all(t is None for t in tokens):
-            break
-        next_logits, _ = decoder.step(tokens)
-    return GenerationResult(sequences=[r.result() for r in decoder.rows], cache_slots=decoder.cache_slots)
+        return tokens
+
+    return choose
 
 
-def _forced_token(row: _Row, config: EvictionConfig, markers) -> int | None:
-    """`<|block_end|>` when the open block already holds `max_block_tokens` reasoning tokens."""
-    if config.max_block_tokens is None:
-        return None
-    spans = row.tracker
-    if not spans.blocks or spans.blocks[-1].block_end is not None:
-        return None
-    reasoning = len(row.ids) - spans.blocks[-1].block_start - 1
-    return markers.block_end if reasoning >= config.max_block_tokens else None
+def generate(model, tokenizer, prompt_ids, config: EvictionConfig = EvictionConfig(), *, max_new_tokens: int = 256,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+             stop_at_eos: bool = True, record_cache: bool = False, intervention: Callable | None = None,
+             on_step: OnStep | None = None) -> GenerationResult:
+    """Decode a batch of prompts with Memento block eviction.
+
+    Args:
+        prompt_ids: one prompt (list of ids / 1-D tensor) or a batch of them (ragged is fine).
+        config: what to evict; `EvictionConfig(keep_last_n_blocks=-1)` is vanilla decoding.
+        max_new_tokens / stop_at_eos: stopping rules per sequence (0 new tokens: nothing is generated).
+        temperature, top_k, top_p, seed: sampling (temperature 0 = greedy); one generator for the batch.
+        record_cache: keep per-position attended positions (see `SequenceResult`).
+        intervention: for an nnsight view, `fn(view)` run inside every step's trace.
+        on_step: `fn(step, cache)` after every forward (see `Decoder.run`).
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be a positive int or None, got {top_k}")
+    prompts = _as_batch(prompt_ids)
+    decoder = Decoder(model, tokenizer, config, prompts, record_cache, intervention)
+    if max_new_tokens == 0:
+        return GenerationResult(sequences=[r.result() for r in decoder.rows], cache_slots=[])
+    policy = sampling_policy(tokenizer, config, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    sequences = decoder.run(policy, on_step)
+    return GenerationResult(sequences=sequences, cache_slots=decoder.cache_slots)
+
+
+def force_policy(sequences: list[list[int]], model_chooses: Callable[[int, int], bool] | None = None) -> Policy:
+    """Feed `sequences[b]` token by token, all rows in lockstep over absolute positions; where
+    `model_chooses(row, position)` is True the row takes its own greedy token instead (the free-running
+    evaluation). A row idles while its prompt is longer than the current position and ends with its
+    sequence. The tokens the model chose are in the decoder's `rows[b].ids`."""
+    position = [-1]  # the absolute position fed last
+    last: dict[int, torch.Tensor] = {}  # row -> its latest next-token logits (rows may idle between)
+
+    def choose(step: Step, decoder: Decoder) -> list[int | None]:
+        last.update({b: step.next_logits(b) for b, p in enumerate(step.positions) if p})
+        for b, (row, seq) in enumerate(zip(decoder.rows, sequences)):
+            if not row.done and len(row.ids) >= len(seq):
+                decoder.finish(b)
+        active = [len(row.ids) for row in decoder.rows if not row.done]
+        if not active:
+            return [None] * len(decoder.rows)
+        position[0] = t = max(position[0] + 1, min(active))
+        tokens: list[int | None] = []
+        for b, (row, seq) in enumerate(zip(decoder.rows, sequences)):
+            if row.done or len(row.ids) != t:
+                tokens.append(None)
+            elif model_chooses is not None and model_chooses(b, t):
+                tokens.append(int(last[b].argmax()))
+            else:
+                tokens.append(seq[t])
+        return tokens
+
+    return choose
 
 
 def teacher_force(model, tokenizer, ids, config: EvictionConfig = EvictionConfig(), *,
                   prompt_len: int | Sequence[int | None] | None = None, record_cache: bool = False,
-                  intervention: Callable | None = None) -> TeacherForceResult:
+                  intervention: Callable | None = None, on_step: OnStep | None = None) -> TeacherForceResult:
     """Feed given sequences through eviction decoding one token at a time and return every position's logits.
 
     Args:
         ids: one sequence or a ragged batch of them.
         prompt_len: prompt length per sequence (prefilled in one forward); default: up to the first
             `<think>` (as `parse_spans` finds it).
-    Returns logits (B, T_max, V): row b, position p holds the prediction for token p + 1.
+    Returns logits (B, T_max, V): row b, position p holds the prediction for token p + 1 (at positions
+    a restart recomputed, the recomputation's).
     """
     seqs = _as_batch(ids)
     lens = prompt_len if isinstance(prompt_len, Sequence) else [prompt_len] * len(seqs)
+    if len(lens) != len(seqs):
+        raise ValueError(f"prompt_len has {len(lens)} entries for {len(seqs)} sequences")
     lens = [n if n is not None else parse_spans(s, tokenizer, strict=False).prompt_len for s, n in zip(seqs, lens)]
+    for b, (s, n) in enumerate(zip(seqs, lens)):
+        if not 0 <= n <= len(s) or not s:
+            raise ValueError(f"sequence {b}: prompt_len {n} outside 0..{len(s)} (or an empty sequence)")
     lens = [max(n, 1) for n in lens]  # at least one prefilled token to predict from
     decoder = Decoder(model, tokenizer, config, [s[:n] for s, n in zip(seqs, lens)], record_cache, intervention)
-    T = max(len(s) for s in seqs)
-    prefill = decoder.prefill()
-    out = torch.zeros(len(seqs), T, prefill.shape[-1])
-    for b, n in enumerate(lens):
-        out[b, :n] = prefill[b, :n]
-    for t in range(min(lens), T):
-        tokens = [s[t] if n <= t < len(s) else None for s, n in zip(seqs, lens)]
-        if all(tok is None for tok in tokens):
-            continue
-        logits, reencoded = decoder.step(tokens)
-        for b, tok in enumerate(tokens):
-            if tok is not None:
-                out[b, t] = logits[b]
-        for b, span_logits in reencoded.items():
-            end = t + 1
-            out[b, end - len(span_logits):end] = span_logits
-    return TeacherForceResult(logits=out, lengths=[len(s) for s in seqs],
-                              sequences=[r.result() for r in decoder.rows])
+    out = torch.zeros(0)
+
+    def keep_logits(step: Step, cache: LiveCache) -> None:
+        nonlocal out
+        if step.index == 0:
+            out = torch.zeros(len(seqs), max(len(s) for s in seqs), step.logits.shape[-1])
+        for b, positions in enumerate(step.positions):
+            if positions:
+                out[b, positions[0]:positions[-1] + 1] = step.logits_of(b)
+        if on_step is not None:
+            on_step(step, cache)
+
+    sequences = decoder.run(force_policy(seqs), keep_logits)
+    return TeacherForceResult(logits=out, lengths=[len(s) for s in seqs], sequences=sequences)
 
 
 def spans_of(result: SequenceResult, tokenizer) -> TraceSpans:

@@ -16,13 +16,13 @@ for `passcode` (five digits of one sequence) is a little narrower than a per-seq
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
 
 from leakage.config import EvictionConfig
-from leakage.decode import Decoder, teacher_force
+from leakage.decode import Decoder, force_policy, teacher_force
 from leakage.tasks import Example, TaskConfig, make_example, recall_text_only_accuracy
 
 
@@ -106,20 +106,8 @@ def _free_run(model, tokenizer, examples: list[Example], config: EvictionConfig)
     own = [set(p for ps in e.sum_positions + e.memento_positions for p in ps) | set(e.answer_positions)
            for e in examples]
     decoder = Decoder(model, tokenizer, config, [e.ids[:e.prompt_len] for e in examples])
-    logits = decoder.prefill()
-    next_logits = torch.stack([logits[b, e.prompt_len - 1] for b, e in enumerate(examples)])
-    written = [list(e.ids[:e.prompt_len]) for e in examples]
-    for t in range(min(e.prompt_len for e in examples), max(len(e.ids) for e in examples)):
-        tokens = []
-        for b, e in enumerate(examples):
-            if t < e.prompt_len or t >= len(e.ids):
-                tokens.append(None)
-                continue
-            token = int(next_logits[b].argmax()) if t in own[b] else e.ids[t]
-            written[b].append(token)
-            tokens.append(token)
-        next_logits, _ = decoder.step(tokens)
-    return written
+    decoder.run(force_policy([e.ids for e in examples], lambda row, position: position in own[row]))
+    return [row.ids for row in decoder.rows]
 
 
 @torch.no_grad()
@@ -131,7 +119,7 @@ def answer_accuracy(model, tokenizer, examples: list[Example], config: EvictionC
 
 
 def evaluate_checkpoint(model, tokenizer, task: TaskConfig, n: int, seed: int = 1,
-                        keep_last_n_blocks: int = 0) -> dict:
+                        eviction: EvictionConfig = EvictionConfig()) -> dict:
     """Accuracy on `n` validation examples under memento, restart and full-attention decoding.
 
     digits: free-running and teacher-forced block accuracy; recall and passcode: answer-digit accuracy,
@@ -139,12 +127,11 @@ def evaluate_checkpoint(model, tokenizer, task: TaskConfig, n: int, seed: int = 
     anything about it). Each accuracy carries a Wilson 95% interval.
     """
     examples = [make_example(task, tokenizer, seed, i, "val") for i in range(n)]
-    configs = {"memento": EvictionConfig(keep_last_n_blocks=keep_last_n_blocks),
-               "restart": EvictionConfig(keep_last_n_blocks=keep_last_n_blocks, restart=True),
+    configs = {"memento": replace(eviction, restart=False), "restart": replace(eviction, restart=True),
                "full_attention": EvictionConfig(keep_last_n_blocks=-1)}
     scorers = ({"free_running": block_accuracy_free_running, "teacher_forced": block_accuracy_teacher_forced}
                if task.task == "digits" else {"answer": answer_accuracy})
-    results = {"task": task.task, "n_examples": n, "seed": seed, "keep_last_n_blocks": keep_last_n_blocks}
+    results = {"task": task.task, "n_examples": n, "seed": seed, "eviction": asdict(eviction)}
     for mode, config in configs.items():
         for name, scorer in scorers.items():
             results[f"{mode}/{name}"] = scorer(model, tokenizer, examples, config).as_dict()

@@ -1,11 +1,10 @@
 """KV accounting: per-step cache sizes, peak, AUC and bytes, and a model-free KV simulator.
 
 Step convention: `cached_tokens[t]` is the number of KV entries the cache holds while position t is
-computed, t's own entry included — i.e. the number of keys query t attends to, `mask[t].sum()` for the
-memento mask of the same config. Evictions triggered by a `<|summary_end|>` at t take effect before
-step t + 1; a deferred eviction (`keep_last_block_for_answer`) takes effect before the
-`<|block_start|>` that triggers it. Peak and AUC are taken over the response steps (after the prompt),
-as the paper plots cache size against generated tokens.
+first computed, t's own entry included: t + 1 less every range evicted before t (the evictions of
+`leakage.schedule`, the engine's timing by default). Without restart that is the number of keys query
+t attends to, `mask[t].sum()` for the memento mask of the same config. Peak and AUC are taken over the
+response steps (after the prompt), as the paper plots cache size against generated tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +13,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from leakage.config import EvictionConfig
-from leakage.spans import SpanKind, SpanTracker, as_marker_ids
+from leakage.schedule import events_at
+from leakage.spans import SpanTracker, as_marker_ids
 
 
 def kv_bytes_per_token(n_layers: int, n_kv_heads: int, d_head: int, bytes_per_value: int = 2) -> int:
@@ -57,39 +57,25 @@ def simulate_kv(ids: Sequence[int], tokenizer, config: EvictionConfig, prompt_le
                 plain_prompt: bool = True, strict: bool = True) -> KVTrace:
     """Replay a token sequence through the block tracker, without a model, and count cached tokens per step.
 
-    Agrees step by step with the decoder's measured cache sizes (and with the row sums of
-    `memento_mask` for the same config); restart mode has the same sizes as normal mode, since it
-    re-encodes retained entries rather than keeping others. O(T) time. `plain_prompt` and `strict` are
-    the tracker's (the decoder replays generated sequences with both False).
+    Agrees step by step with the decoder's measured cache sizes. O(T) time. `plain_prompt` and
+    `strict` are the tracker's (the decoder replays generated sequences with both False).
     """
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
     tracker = SpanTracker(as_marker_ids(tokenizer), prompt_len=prompt_len, plain_prompt=plain_prompt, strict=strict)
     counts: list[int] = []
     cached = 0
-    keep = config.keep_last_n_blocks
-    for token_id in ids:
-        kind = tracker.feed(token_id)
-        blocks = tracker.blocks
-        if (config.evicts and config.keep_last_block_for_answer and kind == SpanKind.BLOCK_DELIM
-                and blocks[-1].block_start == tracker.position - 1):
-            cached -= _evicted_size(blocks, len(blocks) - 2 - keep, config)  # deferred eviction, before this step
+    for position, token_id in enumerate(ids):
+        tracker.feed(token_id)
+        events = events_at(tracker.blocks, tracker.block_index[-1], position, config)
+        cached -= sum(e.size for e in events.evictions if e.before == position)
         cached += 1
         counts.append(cached)
-        if (config.evicts and not config.keep_last_block_for_answer and kind == SpanKind.MEMENTO_DELIM
-                and blocks[-1].summary_end == tracker.position - 1):
-            cached -= _evicted_size(blocks, len(blocks) - 1 - keep, config)  # takes effect at the next step
+        cached -= sum(e.size for e in events.evictions if e.before > position)
     return KVTrace(cached_tokens=counts, prompt_len=tracker.spans().prompt_len)
 
 
-def _evicted_size(blocks, index: int, config: EvictionConfig) -> int:
-    if index < 0:
-        return 0
-    lo, hi = blocks[index].masked_range(config.mask_delimiters)
-    return hi - lo
-
-
 def uniform_trace_peaks(prompt: int, n_blocks: int, block_tokens: int, memento_tokens: int, answer_tokens: int,
-                        mask_delimiters: bool = False) -> tuple[int, int]:
+                        mask_delimiters: bool = False, summary_end_sees_block: bool = False) -> tuple[int, int]:
     """Analytic (vanilla, memento) peak cache sizes for a uniform trace, `keep_last_n_blocks=0`.
 
     The trace is `prompt` tokens, `<think>`, n blocks of b reasoning tokens each followed by an m-token
@@ -99,14 +85,17 @@ def uniform_trace_peaks(prompt: int, n_blocks: int, block_tokens: int, memento_t
     Vanilla keeps everything, so its peak is the last step: T.
     Memento keeps, per completed block, its memento with both summary delimiters plus the two block
     delimiters unless they are masked: r = m + 4 (Qwen3 style) or r = m + 2 (`mask_delimiters`).
-    The cache is largest either at the `<|summary_end|>` of the last block, just before that block is
-    evicted — prompt + 1 + (n - 1) r + (b + m + 4) — or at the last answer token — prompt + 1 + n r + 1 + a:
+    The cache is largest either just before the last block is evicted, or at the last answer token
+    (prompt + 1 + n r + 1 + a). The engine evicts before feeding `<|summary_end|>`, so the largest
+    pre-eviction step is the last memento token: prompt + 1 + (n - 1) r + (b + m + 3); with
+    `summary_end_sees_block` it is the `<|summary_end|>` itself, one more:
 
-        peak_memento = prompt + 1 + (n - 1) r + max(b + m + 4, r + 1 + a)
+        peak_memento = prompt + 1 + (n - 1) r + max(b + m + 3 (+1), r + 1 + a)
 
     For b much larger than m and a, the ratio T / peak_memento tends to n (b + m + 4) / (b + n r).
     """
     r = memento_tokens + (2 if mask_delimiters else 4)
     total = prompt + 1 + n_blocks * (block_tokens + memento_tokens + 4) + 1 + answer_tokens
-    memento = prompt + 1 + (n_blocks - 1) * r + max(block_tokens + memento_tokens + 4, r + 1 + answer_tokens)
+    before_eviction = block_tokens + memento_tokens + (4 if summary_end_sees_block else 3)
+    memento = prompt + 1 + (n_blocks - 1) * r + max(before_eviction, r + 1 + answer_tokens)
     return total, memento

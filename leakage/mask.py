@@ -1,23 +1,18 @@
-"""Spans + eviction spec -> the memento attention mask. Pure torch; never touches a model.
+"""Spans + `EvictionConfig` -> the memento attention mask. Pure torch; never touches a model.
 
-Semantics (`mask[q, k]` is True when query position q may attend to key position k):
+`mask[q, k]` is True when query position q may attend to key position k. The mask is what one
+dense forward needs to compute exactly what eviction decoding computes (`leakage.decode`): it is
+read off the eviction schedule (`leakage.schedule`, the one place the rule lives):
 
 * causal: k <= q;
-* `keep_last_n_blocks = -1`: nothing else (vanilla causal attention);
-* `keep_last_n_blocks = N >= 0`: once block i+N's `<|summary_end|>` sits at position s (for N = 0:
-  block i's own), every query q > s loses block i's *masked range* — the reasoning tokens strictly
-  between `<|block_start|>` and `<|block_end|>`, or the whole block including both delimiters when
-  `mask_delimiters=True`. So the N most recently completed blocks stay visible. Memento tokens (and
-  everything outside blocks) are never masked;
-* `restart=True`: additionally, every position from the end of block i's masked range through its
-  `<|summary_end|>` (the retained `<|block_end|>` if delimiters are kept, and the whole memento) is
-  encoded as if block i's masked tokens did not exist. The memento text is unchanged, but its
-  keys/values no longer saw the block: the restart ablation of the implicit KV channel.
+* an `Eviction` of [start, end) before position b hides those keys from every query q >= b;
+* a `Recompute` (restart) of [start, at]: those rows are computed in the step that feeds `at`, so
+  they see what `at` sees (every eviction with `before <= at`), minus its `hidden` range.
 
-Worked example: 2 blocks, `keep_last_n_blocks=0`, `mask_delimiters=False` (B = block delimiter,
-r = reasoning, S = summary delimiter, m = memento, P = prompt, T = <think>)::
+Worked example: 2 blocks, `keep_last_n_blocks=0`, `mask_delimiters=False`, the engine's timing
+(B = block delimiter, r = reasoning, S = summary delimiter, m = memento, P = prompt, T = <think>)::
 
-    >>> print(format_mask(mask))          # rows: queries, columns: keys
+    >>> print(format_mask(mask, spans))   # rows: queries, columns: keys
                P T B r r B S m S B r B S m S
      0 P       1 . . . . . . . . . . . . . .
      1 T       1 1 . . . . . . . . . . . . .
@@ -27,16 +22,17 @@ r = reasoning, S = summary delimiter, m = memento, P = prompt, T = <think>)::
      5 B       1 1 1 1 1 1 . . . . . . . . .
      6 S       1 1 1 1 1 1 1 . . . . . . . .
      7 m       1 1 1 1 1 1 1 1 . . . . . . .
-     8 S       1 1 1 1 1 1 1 1 1 . . . . . .
+     8 S       1 1 1 0 0 1 1 1 1 . . . . . .
      9 B       1 1 1 0 0 1 1 1 1 1 . . . . .
     10 r       1 1 1 0 0 1 1 1 1 1 1 . . . .
     11 B       1 1 1 0 0 1 1 1 1 1 1 1 . . .
     12 S       1 1 1 0 0 1 1 1 1 1 1 1 1 . .
     13 m       1 1 1 0 0 1 1 1 1 1 1 1 1 1 .
-    14 S       1 1 1 0 0 1 1 1 1 1 1 1 1 1 1
+    14 S       1 1 1 0 0 1 1 1 1 1 1 0 1 1 1
 
-After block 0's `<|summary_end|>` (position 8) its two reasoning tokens (3, 4) are gone for every later
-query; the memento (6-8) and the delimiters (2, 5) stay. ("." marks the causal upper triangle.)
+Block 0's `<|summary_end|>` (position 8) is sampled, the block's reasoning (3, 4) is evicted, and only
+then is position 8 fed: its own row no longer sees them (with `summary_end_sees_block=True` row 8 would
+still see them and they would vanish from row 9 on). The memento (6-8) and the delimiters (2, 5) stay.
 """
 
 from __future__ import annotations
@@ -45,64 +41,50 @@ from typing import Sequence
 
 import torch
 
+from leakage.config import EvictionConfig
+from leakage.schedule import eviction_schedule
 from leakage.spans import SpanKind, TraceSpans, as_marker_ids, parse_spans
 
 _NEVER = torch.iinfo(torch.long).max
 
 
-def mask_from_spans(spans: TraceSpans, keep_last_n_blocks: int = 0, mask_delimiters: bool = False,
-                    restart: bool = False, keep_last_block_for_answer: bool = False) -> torch.Tensor:
-    """Bool "may attend" matrix [T, T] for one parsed sequence (see module docstring).
-
-    `keep_last_block_for_answer` defers each eviction from block i+N's `<|summary_end|>` to the next
-    `<|block_start|>` (that delimiter already no longer sees block i): the block(s) before `</think>`
-    are then never evicted and stay visible to the answer.
-    """
-    if keep_last_n_blocks < -1:
-        raise ValueError(f"keep_last_n_blocks must be -1, 0 or a positive int, got {keep_last_n_blocks}")
+def mask_from_spans(spans: TraceSpans, config: EvictionConfig = EvictionConfig()) -> torch.Tensor:
+    """Bool "may attend" matrix [T, T] for one parsed sequence under `config` (see module docstring)."""
     T = len(spans)
     query = torch.arange(T)[:, None]  # (T, 1)
     key = torch.arange(T)[None, :]  # (1, T)
     allowed = key <= query  # (T, T) causal
-    if keep_last_n_blocks == -1:
+    if not config.evicts:
         return allowed
-
-    blocks = spans.blocks
-    hidden_from = torch.full((T,), _NEVER)  # per key: first query position that can no longer see it
-    restart_lo = torch.full((T,), _NEVER)  # per key: queries in [restart_lo, restart_hi] re-encode without it
-    restart_hi = torch.full((T,), -1)
-    for block in blocks:
-        if block.block_end is None:
-            continue
-        lo, hi = block.masked_range(mask_delimiters)
-        evicting = block.index + keep_last_n_blocks
-        if keep_last_block_for_answer:
-            if evicting + 1 < len(blocks):
-                hidden_from[lo:hi] = blocks[evicting + 1].block_start
-        elif evicting < len(blocks) and blocks[evicting].is_complete:
-            hidden_from[lo:hi] = blocks[evicting].summary_end + 1
-        if restart and block.is_complete:
-            restart_lo[lo:hi] = hi
-            restart_hi[lo:hi] = block.summary_end
-    allowed &= query < hidden_from[None, :]
-    if restart:
-        allowed &= ~((query >= restart_lo[None, :]) & (query <= restart_hi[None, :]))
+    schedule = eviction_schedule(spans, config)
+    hidden_from = torch.full((T,), _NEVER)  # per key: the first query step that no longer sees it
+    for eviction in schedule.evictions:
+        hidden_from[eviction.start:eviction.end] = torch.clamp(hidden_from[eviction.start:eviction.end],
+                                                               max=eviction.before)
+    computed_at = torch.arange(T)  # per query: the step its final keys/values are computed in
+    for recompute in schedule.recomputes:
+        computed_at[recompute.start:recompute.at + 1] = recompute.at
+    allowed &= computed_at[:, None] < hidden_from[None, :]
+    for recompute in schedule.recomputes:
+        if recompute.hidden is not None:
+            lo, hi = recompute.hidden
+            allowed[recompute.start:recompute.at + 1, lo:hi] = False
     return allowed
 
 
 def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: bool = False,
-                 restart: bool = False, *, keep_last_block_for_answer: bool = False, padding_mask: torch.Tensor | None = None,
-                 prompt_len: int | Sequence[int] | None = None, plain_prompt: bool = True,
-                 strict: bool = True) -> torch.Tensor:
+                 restart: bool = False, *, config: EvictionConfig | None = None,
+                 keep_last_block_for_answer: bool = False, summary_end_sees_block: bool = False,
+                 padding_mask: torch.Tensor | None = None, prompt_len: int | Sequence[int] | None = None,
+                 plain_prompt: bool = True, strict: bool = True) -> torch.Tensor:
     """The memento attention mask for token ids, True = may attend.
 
     Args:
         ids: 1-D [T] token ids -> returns [T, T]; 2-D [B, T] padded batch -> returns [B, T, T].
         tokenizer: HF tokenizer with the Memento markers, or a `leakage.spans.MarkerIds`.
-        keep_last_n_blocks: -1 plain causal, 0 mask every completed block, N keep the last N.
-        mask_delimiters: also mask `<|block_start|>`/`<|block_end|>` (Phi-4 style) if True.
-        restart: mementos are encoded without their own block (restart ablation).
-        keep_last_block_for_answer: evict at the next `<|block_start|>` instead (see `mask_from_spans`).
+        config: the eviction spec (`EvictionConfig`). The flat keywords (keep_last_n_blocks,
+            mask_delimiters, restart, keep_last_block_for_answer, summary_end_sees_block) are a
+            shorthand for it; pass one or the other.
         padding_mask: [B, T], 1/True for real tokens (left or right padding, real tokens contiguous).
             Default for 2-D ids: `ids != tokenizer.pad_token_id` when the tokenizer has a pad token.
         prompt_len / plain_prompt / strict: passed to `parse_spans` (prompt_len per row for a batch).
@@ -110,13 +92,18 @@ def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: b
     Padding rows (queries at pad positions) attend only to themselves, so that no softmax row is
     empty; pad keys are never attended by real queries.
     """
+    flat = EvictionConfig(keep_last_n_blocks=keep_last_n_blocks, mask_delimiters=mask_delimiters, restart=restart,
+                          keep_last_block_for_answer=keep_last_block_for_answer,
+                          summary_end_sees_block=summary_end_sees_block)
+    if config is None:
+        config = flat
+    elif flat != EvictionConfig():
+        raise ValueError("memento_mask: pass either config= or the flat keywords, not both")
     ids = torch.as_tensor(ids)
     markers = as_marker_ids(tokenizer)
-    spec = dict(keep_last_n_blocks=keep_last_n_blocks, mask_delimiters=mask_delimiters, restart=restart,
-                keep_last_block_for_answer=keep_last_block_for_answer)
     if ids.dim() == 1:
         spans = parse_spans(ids.tolist(), markers, prompt_len=prompt_len, plain_prompt=plain_prompt, strict=strict)
-        return mask_from_spans(spans, **spec)
+        return mask_from_spans(spans, config)
     if ids.dim() != 2:
         raise ValueError(f"ids must be 1-D [T] or 2-D [B, T], got shape {tuple(ids.shape)}")
 
@@ -128,23 +115,36 @@ def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: b
     if padding_mask.shape != ids.shape:
         raise ValueError(f"padding_mask shape {tuple(padding_mask.shape)} != ids shape {tuple(ids.shape)}")
     prompt_lens = prompt_len if isinstance(prompt_len, Sequence) else [prompt_len] * B
+    if len(prompt_lens) != B:
+        raise ValueError(f"prompt_len has {len(prompt_lens)} entries for a batch of {B} rows")
 
     out = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # (B, T, T): pad rows see themselves
     for row in range(B):
-        real = padding_mask[row].nonzero().flatten()
-        if len(real) == 0:
+        bounds = real_bounds(padding_mask[row], row)
+        if bounds is None:
             continue
-        if real[-1] - real[0] + 1 != len(real):
-            raise ValueError(f"batch row {row}: real tokens are not contiguous (padding in the middle, "
-                             f"first gap after position {_first_gap(real)})")
-        start, stop = int(real[0]), int(real[-1]) + 1
+        start, stop = bounds
         try:
             spans = parse_spans(ids[row, start:stop].tolist(), markers, prompt_len=prompt_lens[row],
                                 plain_prompt=plain_prompt, strict=strict)
         except ValueError as err:
             raise ValueError(f"batch row {row} (real tokens from position {start}): {err}") from err
-        out[row, start:stop, start:stop] = mask_from_spans(spans, **spec)
+        out[row, start:stop, start:stop] = mask_from_spans(spans, config)
     return out
+
+
+def real_bounds(real: torch.Tensor, row: int = 0) -> tuple[int, int] | None:
+    """[start, stop) of one row's real tokens from its padding mask (T,); None for an all-pad row.
+
+    Raises if the real tokens are not contiguous (padding in the middle).
+    """
+    where = real.nonzero().flatten()
+    if len(where) == 0:
+        return None
+    if where[-1] - where[0] + 1 != len(where):
+        raise ValueError(f"batch row {row}: real tokens are not contiguous (padding in the middle, "
+                         f"first gap after position {_first_gap(where)})")
+    return int(where[0]), int(where[-1]) + 1
 
 
 def _first_gap(real: torch.Tensor) -> int:

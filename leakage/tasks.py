@@ -19,7 +19,8 @@
   enter no sum and no memento. Passcodes come from a partition of the label space, so train and
   validation never share one (`passcode_split`).
 
-Every example carries the exact token positions of its parts, for probing and evaluation.
+Every example names the token positions of its parts (`Example.positions`), declared as data while
+rendering (`leakage.trace.Named`), for probing and evaluation.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from leakage.trace import MementoTrace
+from leakage.positions import Site, TracePositions, trace_positions
 from leakage.spans import parse_spans
+from leakage.trace import MementoTrace, Named
 
 TASKS = ("digits", "recall", "passcode")
 TRAINING_SHORT_BLOCK_RATE = 0.8  # the curriculum `leakage train`/`reproduce` use (docs/results.md)
@@ -38,7 +40,17 @@ TRAINING_SHORT_BLOCK_RATE = 0.8  # the curriculum `leakage train`/`reproduce` us
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Shape of a synthetic task. `passcode_block=None` writes no passcode."""
+    """Shape of a synthetic task.
+
+    task: digits, recall or passcode.
+    n_blocks: blocks per trace.
+    digits_per_block: random digits in each (full-length) block.
+    sum_digits: digits of the running sum (mod 10**sum_digits), the memento.
+    passcode_block: block holding the passcode (none: no passcode).
+    passcode_digits: digits of the passcode.
+    little_endian_sums: write sums ones digit first.
+    short_block_rate: training curriculum, the share of blocks with 1..digits_per_block-1 digits.
+    """
 
     task: str = "digits"
     n_blocks: int = 10
@@ -64,20 +76,40 @@ class TaskConfig:
 
 @dataclass
 class Example:
-    """One rendered example and where its parts sit in `ids` (absolute token positions)."""
+    """One rendered example and where its parts sit in `ids`.
+
+    `positions` names every part (`leakage.positions`): the structure of the trace, and the sub-spans
+    the task declared when rendering it — "digits/i" and "sum/i" (block i's digits and running sum),
+    "passcode" (its digits, when the task writes one), "answer" (the answer digits, EOS excluded).
+    """
 
     ids: list[int]
     prompt_len: int
     trace: MementoTrace
     block_digits: list[list[int]]
     running_sums: list[int]
-    sum_positions: list[list[int]]  # per block: the sum digits inside the block
-    memento_positions: list[list[int]]  # per block: the memento's digits
-    answer_positions: list[int]
     answer: list[int]  # answer digits
+    positions: TracePositions
     passcode: int | None = None
-    passcode_positions: list[int] = field(default_factory=list)
     recall: tuple[int, int] | None = None  # (block, digit index) asked for
+
+    @property
+    def sum_positions(self) -> list[list[int]]:
+        """Per block: the running-sum digits inside the block."""
+        return [self.positions.select(f"sum/{i}") for i in range(len(self.block_digits))]
+
+    @property
+    def memento_positions(self) -> list[list[int]]:
+        """Per block: the memento's digits."""
+        return [self.positions.select(Site("memento", i)) for i in range(len(self.block_digits))]
+
+    @property
+    def answer_positions(self) -> list[int]:
+        return self.positions.select("answer_digits")
+
+    @property
+    def passcode_positions(self) -> list[int]:
+        return self.positions.select("passcode") if self.passcode is not None else []
 
 
 def _split_of(passcode: int, val_fraction: float) -> str:
@@ -118,10 +150,10 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
             count = int(rng.integers(1, config.digits_per_block))
         digits = rng.integers(0, 10, count).tolist()
         running = (running + sum(digits)) % modulus
-        text = f"{_words(digits)} = {_words(written(running))}"
+        pieces = [(f"digits/{i}", _words(digits)), (None, "="), (f"sum/{i}", _words(written(running)))]
         if i == config.passcode_block:
-            text += f" passcode {_words(_digits(passcode, config.passcode_digits))}"
-        blocks.append((text, _words(written(running))))
+            pieces += [(None, "passcode"), ("passcode", _words(_digits(passcode, config.passcode_digits)))]
+        blocks.append((Named(*pieces), _words(written(running))))
         block_digits.append(digits)
         sums.append(running)
     recall = None
@@ -133,22 +165,15 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
         block = int(rng.integers(0, config.n_blocks))
         recall = (block, int(rng.integers(0, len(block_digits[block]))))
         prompt, answer = f"recall block {recall[0]} digit {recall[1]} ?", [block_digits[recall[0]][recall[1]]]
-    trace = MementoTrace(prompt=prompt, blocks=blocks, answer=_words(answer))
-    ids = trace.to_ids(tokenizer, eos=True)
-    spans = parse_spans(ids, tokenizer)
-    s = config.sum_digits
-    sum_positions = [list(range(b.block_start + len(d) + 2, b.block_start + len(d) + 2 + s))
-                     for b, d in zip(spans.blocks, block_digits)]
-    memento_positions = [list(range(b.summary_start + 1, b.summary_end)) for b in spans.blocks]
-    passcode_positions = []
-    if passcode is not None:
-        start = sum_positions[config.passcode_block][-1] + 2  # after the sum and the word "passcode"
-        passcode_positions = list(range(start, start + config.passcode_digits))
-    answer_start = spans.think_end + 1
-    return Example(ids=ids, prompt_len=spans.prompt_len, trace=trace, block_digits=block_digits, running_sums=sums,
-                   sum_positions=sum_positions, memento_positions=memento_positions,
-                   answer_positions=list(range(answer_start, answer_start + len(answer))), answer=answer,
-                   passcode=passcode, passcode_positions=passcode_positions, recall=recall)
+    trace = MementoTrace(prompt=prompt, blocks=blocks, answer=Named(("answer_digits", _words(answer))))
+    rendered = trace.render(tokenizer, eos=True)
+    parts = dict(rendered.parts)
+    if recall is not None:
+        parts["recall_target"] = [rendered.parts[f"digits/{recall[0]}"][recall[1]]]
+    spans = parse_spans(rendered.ids, tokenizer)
+    return Example(ids=rendered.ids, prompt_len=spans.prompt_len, trace=trace, block_digits=block_digits,
+                   running_sums=sums, answer=answer, positions=trace_positions(spans, parts), passcode=passcode,
+                   recall=recall)
 
 
 def recall_text_only_accuracy(digits_per_block: int = 5) -> float:

@@ -2,8 +2,9 @@
 
     prompt <think> [<|block_start|> block <|block_end|> <|summary_start|> memento <|summary_end|>]* </think> answer
 
-Segments may be text (`str`) or token ids (`list[int]`). Rendering to ids tokenises each segment on
-its own and places the marker ids between them, so `parse_spans` recovers every segment exactly.
+Segments may be text (`str`), token ids (`list[int]`) or `Named` pieces of text. Rendering to ids
+tokenises each segment (each piece) on its own and places the marker ids between them, so
+`parse_spans` recovers every segment exactly, and `render` reports where every named piece landed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,34 @@ from leakage.config import BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, T
 from leakage.io import atomic_write_jsonl
 from leakage.spans import MarkerIds, SpanKind, as_marker_ids, parse_spans
 
-Segment = Union[str, Sequence[int]]
+@dataclass(frozen=True)
+class Named:
+    """A text segment built from pieces, some named: `Named(("digits/0", "1 2 3"), (None, "="), ("sum/0", "6"))`.
+
+    Each piece is tokenised on its own and the pieces' text is joined with single spaces. Rendering a
+    trace reports each named piece's token positions (`MementoTrace.render`): tasks declare the
+    sub-spans analyses need (sums, passcodes, targets) as data instead of offset arithmetic.
+    """
+
+    pieces: tuple[tuple[str | None, str], ...]
+
+    def __init__(self, *pieces: tuple[str | None, str]):
+        object.__setattr__(self, "pieces", tuple(pieces))
+
+    @property
+    def text(self) -> str:
+        return " ".join(text for _, text in self.pieces)
+
+
+Segment = Union[str, Sequence[int], Named]
+
+
+@dataclass
+class Rendered:
+    """Token ids of a trace and the positions of its named pieces (name -> positions, in order)."""
+
+    ids: list[int]
+    parts: dict[str, list[int]]
 
 
 @dataclass
@@ -42,15 +70,42 @@ class MementoTrace:
 
         Raises if a segment contains a marker or a word the tokenizer maps to its unknown token.
         """
+        return self.render(tokenizer, eos).ids
+
+    def render(self, tokenizer, eos: bool = False) -> Rendered:
+        """Token ids (as `to_ids`) and the positions of every named piece of `Named` segments.
+
+        A name used twice is an error (names are how analyses find the pieces).
+        """
         m = as_marker_ids(tokenizer)
-        ids = _encode(tokenizer, self.prompt, "prompt", m) + [m.think_start]
+        ids: list[int] = []
+        parts: dict[str, list[int]] = {}
+
+        def add(segment: Segment, where: str) -> None:
+            if not isinstance(segment, Named):
+                ids.extend(_encode(tokenizer, segment, where, m))
+                return
+            for name, text in segment.pieces:
+                piece = _encode(tokenizer, text, f"{where}, piece {name or text!r}", m)
+                if name is not None:
+                    if name in parts:
+                        raise ValueError(f"{where}: the piece name {name!r} is used twice in one trace")
+                    parts[name] = list(range(len(ids), len(ids) + len(piece)))
+                ids.extend(piece)
+
+        add(self.prompt, "prompt")
+        ids.append(m.think_start)
         for i, (block, memento) in enumerate(self.blocks):
-            ids += [m.block_start, *_encode(tokenizer, block, f"block {i}", m), m.block_end,
-                    m.summary_start, *_encode(tokenizer, memento, f"memento {i}", m), m.summary_end]
-        ids += [m.think_end, *_encode(tokenizer, self.answer, "answer", m)]
+            ids.append(m.block_start)
+            add(block, f"block {i}")
+            ids += [m.block_end, m.summary_start]
+            add(memento, f"memento {i}")
+            ids.append(m.summary_end)
+        ids.append(m.think_end)
+        add(self.answer, "answer")
         if eos:
             ids.append(tokenizer.eos_token_id)
-        return ids
+        return Rendered(ids=ids, parts=parts)
 
     @classmethod
     def from_ids(cls, ids: Sequence[int], tokenizer, as_text: bool = True,
@@ -84,6 +139,8 @@ class MementoTrace:
 
 
 def _text(segment: Segment, where: str) -> str:
+    if isinstance(segment, Named):
+        return segment.text
     if not isinstance(segment, str):
         raise TypeError(f"{where} is token ids; render it with to_ids, or decode it first")
     return segment

@@ -79,22 +79,20 @@ class RunConfig:
     task: TaskConfig
     preset: TrainPreset
     stages: tuple[int, ...] = (1, 2)
-    keep_last_n_blocks: int = 0  # stage 2's memento mask
-    mask_delimiters: bool = False
+    eviction: EvictionConfig = EvictionConfig()  # stage 2's memento mask, and the decoding evaluated
     seed: int = 0
 
     def stage_eviction(self, stage: int) -> EvictionConfig:
         if stage == 1:
             return EvictionConfig(keep_last_n_blocks=-1)
-        return EvictionConfig(keep_last_n_blocks=self.keep_last_n_blocks, mask_delimiters=self.mask_delimiters)
+        return self.eviction
 
     def stage_steps(self, stage: int) -> int:
         return self.preset.stage1_steps if stage == 1 else self.preset.stage2_steps
 
     def to_dict(self) -> dict:
         return {"task": asdict(self.task), "preset": asdict(self.preset), "stages": list(self.stages),
-                "keep_last_n_blocks": self.keep_last_n_blocks, "mask_delimiters": self.mask_delimiters,
-                "seed": self.seed}
+                "eviction": asdict(self.eviction), "seed": self.seed}
 
 
 class TaskDataset(Dataset):
@@ -122,7 +120,8 @@ class MementoCollator:
 
     Returns input_ids (B, T), labels (B, T) with -100 on prompt and padding (loss on completion tokens
     only), and attention_mask (B, 1, T, T): `memento_mask` with `eviction`'s spec (stage 1:
-    keep_last_n_blocks=-1, i.e. causal with padding) in additive float form — HF's eager attention
+    keep_last_n_blocks=-1, i.e. causal with padding; the same `EvictionConfig` decoding takes) in
+    additive float form — HF's eager attention
     adds a 4D mask to the scores, so a bool mask would not mask anything.
     """
 
@@ -141,7 +140,7 @@ class MementoCollator:
             real[b, :n] = True
             labels[b, f["prompt_len"]:n] = ids[b, f["prompt_len"]:n]
         mask = memento_mask(ids, self.tokenizer, padding_mask=real, prompt_len=[f["prompt_len"] for f in features],
-                            **self.eviction.mask_kwargs())
+                            config=self.eviction)
         return {"input_ids": ids, "labels": labels, "attention_mask": additive_mask(mask)}
 
 
@@ -158,12 +157,12 @@ class MetricsLogger(TrainerCallback):
 
 
 class TaskAccuracyCallback(TrainerCallback):
-    """After each evaluation: task accuracy (teacher-forced, fast) under memento and restart decoding."""
+    """After each evaluation: task accuracy (teacher-forced, fast) under the run's decoding and its restart."""
 
-    def __init__(self, tokenizer, examples: list, task: str, keep_last_n_blocks: int):
+    def __init__(self, tokenizer, examples: list, task: str, eviction: EvictionConfig):
         self.tokenizer, self.examples, self.task = tokenizer, examples, task
-        self.configs = {"memento": EvictionConfig(keep_last_n_blocks=max(keep_last_n_blocks, 0)),
-                        "restart": EvictionConfig(keep_last_n_blocks=max(keep_last_n_blocks, 0), restart=True)}
+        evicting = eviction if eviction.evicts else replace(eviction, keep_last_n_blocks=0)
+        self.configs = {"memento": replace(evicting, restart=False), "restart": replace(evicting, restart=True)}
         self.trainer: Trainer | None = None
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
@@ -224,8 +223,7 @@ def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, res
     train_set = TaskDataset(run.task, tokenizer, run.preset.train_examples, run.seed, "train")
     val_set = TaskDataset(run.task, tokenizer, run.preset.n_val, run.seed, "val")
     eval_set = TaskDataset(replace(run.task, short_block_rate=0.0), tokenizer, run.preset.n_eval, run.seed, "val")
-    accuracy = TaskAccuracyCallback(tokenizer, eval_set.examples(run.preset.n_eval), run.task.task,
-                                    run.keep_last_n_blocks)
+    accuracy = TaskAccuracyCallback(tokenizer, eval_set.examples(run.preset.n_eval), run.task.task, run.eviction)
     trainer = Trainer(model=model, args=training_arguments(run, stage, stage_dir, **argument_overrides),
                       train_dataset=train_set, eval_dataset=val_set,
                       data_collator=MementoCollator(tokenizer, run.stage_eviction(stage)),

@@ -1,11 +1,13 @@
 """Three views of one model: the HF module itself, a TransformerLens 4 bridge, and an nnsight wrapper.
 
-Both wrappers hold the *same* HF module (no weight copy), so an edit through one view is seen by the
-others, and a memento mask passed as `attention_mask` means the same thing in all three.
-Heavy imports happen inside the functions.
+Views never change what the model computes, and share its parameters (no weight copy): an edit of a
+weight through one view is seen by the others, and a memento mask passed as `attention_mask` means
+the same thing in all three. Heavy imports happen inside the functions.
 """
 
 from __future__ import annotations
+
+import copy
 
 
 def architecture_name(model) -> str:
@@ -15,18 +17,22 @@ def architecture_name(model) -> str:
 
 
 def to_bridge(model):
-    """A TransformerLens 4 `TransformerBridge` over `model` (shares its parameters; works offline).
+    """A TransformerLens 4 `TransformerBridge` over `model`'s parameters (shared; works offline).
 
     Hook names follow TransformerLens (`blocks.{i}.attn.hook_rot_k`, ...); see `leakage.hooks`.
 
-    Building the bridge replaces the module's attention layers, in place, by TransformerLens
-    components that compute the same function (tested to 1e-6) and switches it to eager attention.
-    Plain HF eager attention *adds* a 4D `attention_mask` to the scores, so always pass masks to the
-    HF module in additive form (`leakage.mask.additive_mask`); the bridge also accepts bool masks.
+    Building a bridge replaces a module's attention layers, in place, by TransformerLens components
+    (the same function, tested to 1e-6) and switches it to eager attention. So the bridge is built over
+    a *structural copy* of `model`: new module objects holding the very same parameter tensors, so
+    `model` itself keeps computing exactly what it did. Plain HF eager attention *adds* a 4D
+    `attention_mask` to the scores, so always pass masks to the HF module in additive form
+    (`leakage.mask.additive_mask`); the bridge also accepts bool masks.
     """
     from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
 
-    return build_bridge_from_module(model, architecture_name(model), hf_config=model.config)
+    shared = {id(p): p for p in model.parameters()}  # deepcopy's memo: parameters are reused, not copied
+    clone = copy.deepcopy(model, memo=shared)
+    return build_bridge_from_module(clone, architecture_name(clone), hf_config=clone.config)
 
 
 def to_nnsight(model):

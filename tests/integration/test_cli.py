@@ -29,7 +29,9 @@ def test_decode_teacher_forced_prints_segments_kv_and_plots(capsys, tmp_path):
     memento_peak = int(out.split("memento: peak ")[1].split()[0])
     vanilla_peak = int(out.split("vanilla: peak ")[1].split()[0])
     assert vanilla_peak == 6 + 10 + 11 + 3  # prompt, block 0 + memento, block 1 + memento, </think> + answer
-    assert memento_peak == 6 + 10 + 11 - 5  # at block 1's summary_end, block 0's 5 reasoning tokens are gone
+    # the largest cache is at block 1's last memento token: block 0's 5 reasoning tokens are gone, and block 1
+    # leaves before its own <|summary_end|> is fed (the engine's timing)
+    assert memento_peak == 6 + 10 + 10 - 5
     assert png.stat().st_size > 10_000
 
 
@@ -40,3 +42,25 @@ def test_decode_generates_from_a_checkpoint(capsys, tmp_path, tiny):
     assert main(["decode", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "sum <think>",
                  "--max-new-tokens", "5", "--temperature", "1.0", "--seed", "1"]) == 0
     assert "KV cache" in capsys.readouterr().out
+
+
+def test_consistency_reports_both_checks(capsys, tmp_path, tiny):
+    import json
+
+    from leakage.model import save_model
+
+    save_model(*tiny, tmp_path / "ckpt")
+    out = tmp_path / "consistency.json"
+    assert main(["consistency", str(tmp_path / "ckpt"), "--n", "3", "--blocks", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "summary_end" in printed and "eviction decoding vs masked forward (engine)" in printed
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("leakage consistency ")
+    timing = report["timing"]["max_abs_logit_diff"]
+    # rows before the first <|summary_end|> see the same keys under both timings; the summary_end rows do not
+    assert timing["prompt"]["max"] == 0 and timing["block_start"]["positions"] == 9
+    assert timing["summary_end"]["max"] > 1e-4
+    assert report["timing"]["max_abs_key_diff"]["interior"]["max"] > 0  # later blocks see different KV history
+    for gaps in report["engine"].values():  # eviction decoding computes what the masked forward computes
+        assert gaps["max_abs_logit_diff_decoder_vs_masked_forward"] < 1e-4
+        assert gaps["max_abs_kv_diff_decoder_vs_masked_forward"] < 1e-4

@@ -7,8 +7,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from leakage.capture import capture
 from leakage.config import EvictionConfig, ModelPreset
 from leakage.decode import generate, spans_of, teacher_force
+from leakage.positions import BLOCK_PARTS
+from leakage.schedule import eviction_schedule
+from leakage.spans import parse_spans
 from leakage.kv import simulate_kv, uniform_trace_peaks
 from leakage.mask import additive_mask, memento_mask
 from leakage.model import build_model
@@ -16,9 +20,9 @@ from leakage.spans import MarkerIds
 from leakage.trace import MementoTrace
 from tests.strategies import memento_streams
 
-CONFIGS = [EvictionConfig(keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart)
-           for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True)
-           if not (restart and keep == -1)]
+CONFIGS = [EvictionConfig(keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart, summary_end_sees_block=late)
+           for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True) for late in (False, True)
+           if not (restart and keep == -1)]  # the engine's timing and the earlier one (summary_end_sees_block)
 # two random models of different shapes (GQA 4/2 and MHA 2/2)
 MODELS = {
     "tiny": build_model("tiny", seed=11),
@@ -30,11 +34,14 @@ WORDS = st.integers(5, 40)  # ordinary synthetic-vocabulary ids
 
 
 @contextmanager
-def favour(model, token_id: int):
-    """Temporarily add a large bias to one token's logit (a forward hook on the LM head)."""
+def favour(model, token_id: int, then: int | None = None):
+    """Temporarily add a large bias to one token's logit (a forward hook on the LM head); with `then`,
+    to `token_id` in the first forward only and to `then` in every later one."""
+    calls = []
 
     def bias(module, inputs, output):
-        output[..., token_id] += 1e4
+        output[..., token_id if then is None or not calls else then] += 1e4
+        calls.append(1)
         return output
 
     handle = model.lm_head.register_forward_hook(bias)
@@ -45,12 +52,12 @@ def favour(model, token_id: int):
 
 
 def dense_logits(model, ids, config):
-    mask = memento_mask(ids, TOKENIZER, **config.mask_kwargs())
+    mask = memento_mask(ids, TOKENIZER, config=config)
     with torch.no_grad():
         return model(torch.tensor([ids]), attention_mask=additive_mask(mask)).logits[0]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(memento_streams(max_blocks=3, markers=MARKERS, words=WORDS).filter(lambda r: len(r) > 1),
                      min_size=1, max_size=3),
        config=st.sampled_from(CONFIGS), for_answer=st.booleans(), model_name=st.sampled_from(sorted(MODELS)))
@@ -61,24 +68,88 @@ def test_teacher_forced_eviction_equals_dense_masked_forward(rows, config, for_a
     for b, ids in enumerate(rows):
         dense = dense_logits(model, ids, config)
         assert (result.logits[b, :len(ids)] - dense).abs().max() < 1e-4
-        mask = memento_mask(ids, TOKENIZER, **config.mask_kwargs())
+        mask = memento_mask(ids, TOKENIZER, config=config)
         attended = result.sequences[b].attended
         for q in range(len(ids)):  # the cache held exactly what the mask lets query q see
             assert attended[q] == mask[q].nonzero().flatten().tolist(), f"row {b}, query {q}"
         assert result.sequences[b].kv.cached_tokens == simulate_kv(ids, TOKENIZER, config).cached_tokens
 
 
-def test_cache_after_each_step_is_what_the_next_query_sees():
+ROWS = [MementoTrace("sum", [("1 2 3", "6"), ("4 5", "9"), ("7", "1 6")], "1 6").to_ids(TOKENIZER),
+        MementoTrace("what", [("1", "1 2"), ("4 5 6 7", "9")], "9").to_ids(TOKENIZER)]
+
+
+def test_live_cache_after_each_step_holds_what_the_schedule_keeps():
     model, _ = MODELS["tiny"]
-    rows = [MementoTrace("sum", [("1 2 3", "6"), ("4 5", "9"), ("7", "1 6")], "1 6").to_ids(TOKENIZER),
-            MementoTrace("what", [("1", "1 2"), ("4 5 6 7", "9")], "9").to_ids(TOKENIZER)]
     for config in CONFIGS:
-        result = teacher_force(model, TOKENIZER, rows, config, record_cache=True)
-        for ids, seq in zip(rows, result.sequences):
-            # restart re-encodes retained entries but holds the same positions as normal decoding
-            mask = memento_mask(ids, TOKENIZER, **{**config.mask_kwargs(), "restart": False})
-            for t in range(seq.prompt_len - 1, len(ids) - 1):
-                assert seq.cache_after[t] == mask[t + 1, :t + 1].nonzero().flatten().tolist(), (config, t)
+        schedules = [eviction_schedule(parse_spans(ids, TOKENIZER), config) for ids in ROWS]
+        seen = []
+
+        def check(step, cache):
+            for b, positions in enumerate(step.positions):
+                if not positions:
+                    continue
+                p = positions[-1]
+                held = [k for k in range(p + 1)
+                        if not any(e.start <= k < e.end and e.trigger <= p for e in schedules[b].evictions)]
+                assert cache.positions(b) == held, (config, b, p)
+                seen.append(p)
+
+        teacher_force(model, TOKENIZER, ROWS, config, on_step=check)
+        assert len(seen) == 2 + sum(len(r) - 1 for r in ROWS)  # the prefill of each row, then every step
+
+
+def test_on_step_reads_and_writes_the_cache_by_logical_position():
+    model, _ = MODELS["tiny"]
+    ids = ROWS[0]
+    spans = parse_spans(ids, TOKENIZER)
+    memento = list(range(spans.blocks[0].summary_start + 1, spans.blocks[0].summary_end))
+    evicted = spans.blocks[0].block_start + 1
+    patched_at = spans.blocks[0].summary_end
+
+    def zero_memento_values(step, cache):
+        if step.positions[0] and step.positions[0][-1] == patched_at:
+            with pytest.raises(KeyError, match=f"logical position {evicted}"):
+                cache.keys(0)[0, 0, [evicted]]  # evicted before the summary_end was fed
+            for layer in range(cache.n_layers):
+                cache.values(layer)[0, :, memento] = torch.zeros(2, len(memento), 32)
+                assert cache.values(layer)[0, 1, memento].abs().max() == 0
+                assert cache.values(layer)[0, 1, memento[0]].shape == (32,)
+
+    clean = teacher_force(model, TOKENIZER, ids, EvictionConfig()).logits[0]
+    patched = teacher_force(model, TOKENIZER, ids, EvictionConfig(), on_step=zero_memento_values).logits[0]
+    assert torch.equal(clean[:patched_at + 1], patched[:patched_at + 1])  # the edit acts on later steps only
+    assert (clean[patched_at + 1:] - patched[patched_at + 1:]).abs().max() > 1e-4
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(memento_streams(max_blocks=3, markers=MARKERS, words=WORDS, allow_unfinished=False),
+                     min_size=1, max_size=3),
+       config=st.sampled_from([c for c in CONFIGS if c.evicts]), for_answer=st.booleans())
+def test_captured_kv_equals_what_the_decoder_cache_holds(rows, config, for_answer):
+    """capture (one masked forward) == the eviction decoder's final keys/values at every site."""
+    config = EvictionConfig(**{**config.__dict__, "keep_last_block_for_answer": for_answer})
+    model, _ = MODELS["tiny"]
+    final = [{} for _ in rows]  # row -> position -> (keys, values) (L, kv_heads, d_head), last computed
+
+    def snapshot(step, cache):
+        for b, positions in enumerate(step.positions):
+            for p in positions:
+                final[b][p] = (torch.stack([cache.keys(layer)[b, :, p] for layer in range(cache.n_layers)]),
+                               torch.stack([cache.values(layer)[b, :, p] for layer in range(cache.n_layers)]))
+
+    teacher_force(model, TOKENIZER, rows, config, on_step=snapshot)
+    n_blocks = min(len(parse_spans(r, TOKENIZER).blocks) for r in rows)
+    sites = ["prompt", "think_start", "answer"] + [f"{part}@{k}" for k in range(n_blocks) for part in BLOCK_PARTS]
+    captured = capture(model, TOKENIZER, rows, config, sites)
+    for site in captured.sites:
+        for b in range(len(rows)):
+            for i, p in enumerate(captured.positions[site][b].tolist()):
+                if p < 0:
+                    continue
+                keys, values = final[b][p]
+                assert torch.allclose(captured.keys[site][b, :, :, i], keys, atol=1e-5), (site, b, p)
+                assert torch.allclose(captured.values[site][b, :, :, i], values, atol=1e-5), (site, b, p)
 
 
 def test_vanilla_cache_grows_by_one_and_memento_cache_shrinks():
@@ -96,9 +167,10 @@ def test_peak_kv_ratio_on_ten_block_trace_matches_analytic_value():
                          " ".join(["3"] * a))
     ids = trace.to_ids(TOKENIZER)
     model, _ = MODELS["tiny"]
-    for delim in (False, True):
-        config = EvictionConfig(mask_delimiters=delim)
-        vanilla_peak, memento_peak = uniform_trace_peaks(prompt, n, b, m, a, mask_delimiters=delim)
+    for delim, late in ((False, False), (True, False), (False, True)):
+        config = EvictionConfig(mask_delimiters=delim, summary_end_sees_block=late)
+        vanilla_peak, memento_peak = uniform_trace_peaks(prompt, n, b, m, a, mask_delimiters=delim,
+                                                         summary_end_sees_block=late)
         measured = teacher_force(model, TOKENIZER, ids, config).sequences[0].kv
         simulated = simulate_kv(ids, TOKENIZER, config)
         assert measured.peak == simulated.peak == memento_peak
@@ -180,12 +252,26 @@ def test_sampling_is_seeded_and_eos_stops():
 
 def test_max_block_tokens_forces_block_end():
     model, _ = MODELS["tiny"]
-    with favour(model, MARKERS.block_start):  # one real block start, then nested ones read as reasoning
+    one = TOKENIZER.convert_tokens_to_ids("1")
+    with favour(model, MARKERS.block_start, then=one):  # a block opens, then fills with "1"s, then the cap
         out = generate(model, TOKENIZER, [MARKERS.think_start], EvictionConfig(max_block_tokens=4),
-                       max_new_tokens=8, stop_at_eos=False)
+                       max_new_tokens=7, stop_at_eos=False)
     seq = out.sequences[0]
+    assert seq.ids[1] == MARKERS.block_start and seq.ids[2:6] == [one] * 4
     assert seq.ids[6] == MARKERS.block_end and seq.forced_block_ends == [6]
     assert spans_of(seq, TOKENIZER).blocks[0].block_end == 6
+    with favour(model, MARKERS.block_start, then=MARKERS.summary_start):  # markers do not count (the engine's rule)
+        out = generate(model, TOKENIZER, [MARKERS.think_start], EvictionConfig(max_block_tokens=2),
+                       max_new_tokens=6, stop_at_eos=False)
+    assert out.sequences[0].forced_block_ends == []
+
+
+def test_max_new_tokens_zero_generates_nothing():
+    model, _ = MODELS["tiny"]
+    out = generate(model, TOKENIZER, [MARKERS.think_start], max_new_tokens=0)
+    assert out.tokens == [[]]
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(model, TOKENIZER, [MARKERS.think_start], max_new_tokens=-1)
 
 
 def test_malformed_generation_is_recorded_not_raised():

@@ -31,7 +31,7 @@ def test_collator_masks_are_the_foundation_masks(tiny):
         allowed = batch["attention_mask"][:, 0] == 0
         for b, f in enumerate(features):
             n = len(f["input_ids"])
-            expected = memento_mask(f["input_ids"], tokenizer, **eviction.mask_kwargs())
+            expected = memento_mask(f["input_ids"], tokenizer, config=eviction)
             assert torch.equal(allowed[b, :n, :n], expected)
             assert not allowed[b, :n, n:].any()
             labels = batch["labels"][b]
@@ -115,7 +115,7 @@ def test_teacher_forced_block_accuracy_agrees_with_dense_forward(tiny):
     config = EvictionConfig()
     correct = total = 0
     for e in examples:
-        mask = memento_mask(e.ids, tokenizer, **config.mask_kwargs())
+        mask = memento_mask(e.ids, tokenizer, config=config)
         with torch.no_grad():
             pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
         for positions in e.sum_positions:
@@ -131,7 +131,7 @@ def test_answer_accuracy_scores_every_answer_digit_like_a_dense_forward(tiny):
     config = EvictionConfig()
     correct = 0
     for e in examples:
-        mask = memento_mask(e.ids, tokenizer, **config.mask_kwargs())
+        mask = memento_mask(e.ids, tokenizer, config=config)
         with torch.no_grad():
             pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
         correct += sum(int(pred[p - 1]) == e.ids[p] for p in e.answer_positions)

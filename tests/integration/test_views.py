@@ -1,15 +1,17 @@
-"""HF, TransformerLens bridge and nnsight views of one model agree, with and without the memento mask."""
+"""HF, TransformerLens bridge and nnsight views of one model agree, share parameters, and never mutate it."""
 
 import torch
-from transformers import DynamicCache
 
-from leakage.hooks import collect_kv
+from leakage.capture import capture
+from leakage.config import EvictionConfig
+from leakage.hooks import key_hook, value_hook
 from leakage.mask import additive_mask, memento_mask
 from leakage.model import build_model
 from leakage.trace import MementoTrace
 from leakage.views import to_bridge, to_nnsight
 
 TRACE = MementoTrace("what is the sum ?", [("1 2 3 = 6", "6"), ("4 5 = 1 5", "1 5"), ("7 = 2 2", "2 2")], "2 2")
+SITES = {"memento": "memento@1", "block_end": "block_end@0", "summary_end": "summary_end@1", "answer": "answer"}
 
 
 def _batch(tokenizer):
@@ -18,24 +20,38 @@ def _batch(tokenizer):
     return ids, mask
 
 
-def test_bridge_wraps_the_same_module(tiny):
-    model, _ = tiny
-    bridge = to_bridge(model)
-    assert bridge.original_model is model
-    assert next(bridge.parameters()).data_ptr() == next(model.parameters()).data_ptr()
+def test_views_share_parameters_and_leave_the_model_unchanged():
+    model, tokenizer = build_model("tiny", seed=4)
+    ids, mask = _batch(tokenizer)
+    attention = additive_mask(mask)
+    attention_modules = [type(layer.self_attn) for layer in model.model.layers]
+    with torch.no_grad():
+        before = model(ids, attention_mask=attention).logits
+        bridge, view = to_bridge(model), to_nnsight(model)
+        after = model(ids, attention_mask=attention).logits
+    assert torch.equal(before, after), "building the views changed what the HF module computes"
+    assert [type(layer.self_attn) for layer in model.model.layers] == attention_modules
+    assert bridge.original_model is not model and view._module is model
+    ours = {id(p) for p in model.parameters()}
+    theirs = {id(p) for p in bridge.original_model.parameters()}
+    assert theirs == ours, "the bridge copied parameters instead of sharing them"
+    with torch.no_grad():  # a weight edit through one view is seen by the others
+        model.model.layers[0].mlp.down_proj.weight.mul_(0.5)
+        edited = model(ids, attention_mask=attention).logits
+        assert torch.allclose(bridge(ids, attention_mask=attention), edited, atol=1e-6, rtol=0)
+    assert (edited - before).abs().max() > 1e-4
 
 
 def test_three_views_agree_under_the_memento_mask():
-    model, tokenizer = build_model("tiny", seed=4)  # never bridged: to_bridge swaps its attention modules
+    model, tokenizer = build_model("tiny", seed=4)
     ids, mask = _batch(tokenizer)
     attention = additive_mask(mask)  # HF eager attention adds a 4D mask: pass the additive form
+    bridge, view = to_bridge(model), to_nnsight(model)
     with torch.no_grad():
         hf = model(ids, attention_mask=attention).logits
         causal = model(ids).logits
-        view = to_nnsight(model)
         with view.trace(ids, attention_mask=attention):
             nn_logits = view.output.logits.save()
-        bridge = to_bridge(model)
         bridge_additive = bridge(ids, attention_mask=attention)
         bridge_bool = bridge(ids, attention_mask=mask[:, None])
     assert torch.allclose(hf, nn_logits, atol=1e-6, rtol=0)
@@ -46,19 +62,32 @@ def test_three_views_agree_under_the_memento_mask():
     assert (hf[:, first_masked:] - causal[:, first_masked:]).abs().max() > 1e-3, "mask had no effect"
 
 
-def test_run_with_cache_exposes_cached_keys_and_values(tiny):
-    model, tokenizer = tiny
-    ids, mask = _batch(tokenizer)
-    cache = DynamicCache(config=model.config)
+def test_capture_agrees_across_views_and_with_bridge_hooks():
+    model, tokenizer = build_model("tiny", seed=4)
+    rows = [TRACE.to_ids(tokenizer), TRACE.to_ids(tokenizer)[:-1]]  # ragged: the second row is shorter
+    config = EvictionConfig()
+    activations = ("keys", "values", "resid_pre", "pattern")
+    hf = capture(model, tokenizer, rows, config, SITES, activations)
+    bridge = to_bridge(model)
+    for other in (capture(bridge, tokenizer, rows, config, SITES, activations),
+                  capture(to_nnsight(model), tokenizer, rows, config, SITES, activations)):
+        assert torch.allclose(hf.logits[0], other.logits[0], atol=1e-5, rtol=0)
+        for kind in activations:
+            for site in SITES:
+                assert torch.allclose(getattr(hf, kind)[site], getattr(other, kind)[site], atol=1e-6, rtol=0), \
+                    (kind, site)
+    # the bridge's own KV hooks show the same numbers as the cache capture reads
+    ids = torch.tensor(rows[:1])
+    mask = additive_mask(memento_mask(ids[0], tokenizer, config=config))
+    names = [key_hook(i) for i in range(4)] + [value_hook(i) for i in range(4)]
     with torch.no_grad():
-        model(ids, attention_mask=additive_mask(mask), past_key_values=cache, use_cache=True)
-    positions = [3, 7, ids.shape[1] - 1]
-    kv = collect_kv(to_bridge(model), ids, positions=positions, attention_mask=additive_mask(mask))
-    L = model.config.num_hidden_layers
-    assert kv.keys.shape == (L, 1, model.config.num_key_value_heads, len(positions), model.config.head_dim)
-    for layer in range(L):
-        assert torch.allclose(kv.keys[layer], cache.layers[layer].keys[:, :, positions], atol=1e-6)
-        assert torch.allclose(kv.values[layer], cache.layers[layer].values[:, :, positions], atol=1e-6)
+        _, acts = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in names)
+    positions = hf.positions["memento"][0]
+    for layer in range(4):
+        hooked_k = acts[key_hook(layer)][0, positions].transpose(0, 1)  # (kv_heads, P, d_head)
+        hooked_v = acts[value_hook(layer)][0, positions].transpose(0, 1)
+        assert torch.allclose(hooked_k, hf.keys["memento"][0, layer], atol=1e-6)
+        assert torch.allclose(hooked_v, hf.values["memento"][0, layer], atol=1e-6)
 
 
 def test_nnsight_intervention_changes_the_output(tiny):

@@ -1,19 +1,36 @@
-"""memento_mask against an independent brute-force reference written from the stated semantics."""
+"""memento_mask against independent references: a token-by-token replay of the official engine's tracker
+(the default timing) and a brute-force loop written from the earlier timing (`summary_end_sees_block`)."""
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leakage.config import EvictionConfig
 from leakage.mask import additive_mask, mask_from_spans, memento_mask
 from leakage.spans import parse_spans
+from tests.engine_replica import replay
 from tests.strategies import MARKERS, memento_streams
 
-SPECS = [(keep, delim, restart) for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True)]
+SPECS = [(keep, delim, restart) for keep in (-1, 0, 1, 2) for delim in (False, True) for restart in (False, True)
+         if not (restart and keep == -1)]  # restart needs eviction
 
 
-def reference_mask(ids, keep, mask_delimiters, restart, for_answer=False):
-    """Loop over (query, key) pairs, scanning raw ids; shares no code with leakage.spans / leakage.mask."""
+def engine_mask(ids, keep, mask_delimiters, restart, for_answer=False):
+    """The mask read off the engine replica: row q holds what q's final keys/values attended."""
+    T = len(ids)
+    out = torch.zeros(T, T, dtype=torch.bool)
+    if keep == -1:
+        return torch.ones(T, T, dtype=torch.bool).tril()
+    attended, _ = replay(ids, MARKERS, keep, mask_delimiters, restart, for_answer)
+    for q, keys in enumerate(attended):
+        out[q, keys] = True
+    return out
+
+
+def legacy_reference_mask(ids, keep, mask_delimiters, restart, for_answer=False):
+    """`summary_end_sees_block=True`, written from its stated semantics: loop over (query, key) pairs,
+    scanning raw ids; shares no code with leakage.spans / leakage.mask."""
     m = MARKERS
     T = len(ids)
     # scan the response for each block's delimiter positions
@@ -63,16 +80,25 @@ def reference_mask(ids, keep, mask_delimiters, restart, for_answer=False):
 
 @settings(max_examples=200, deadline=None)
 @given(ids=memento_streams(), spec=st.sampled_from(SPECS), for_answer=st.booleans())
-def test_mask_matches_brute_force(ids, spec, for_answer):
+def test_mask_matches_the_engine_replayed_token_by_token(ids, spec, for_answer):
+    keep, delim, restart = spec
+    config = EvictionConfig(keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart,
+                            keep_last_block_for_answer=for_answer)
+    assert torch.equal(memento_mask(ids, MARKERS, config=config), engine_mask(ids, keep, delim, restart, for_answer))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=memento_streams(), spec=st.sampled_from(SPECS), for_answer=st.booleans())
+def test_summary_end_sees_block_mask_matches_brute_force(ids, spec, for_answer):
     keep, delim, restart = spec
     got = memento_mask(ids, MARKERS, keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart,
-                       keep_last_block_for_answer=for_answer)
-    assert torch.equal(got, reference_mask(ids, keep, delim, restart, for_answer))
+                       keep_last_block_for_answer=for_answer, summary_end_sees_block=True)
+    assert torch.equal(got, legacy_reference_mask(ids, keep, delim, restart, for_answer))
 
 
 @settings(max_examples=40, deadline=None)
 @given(rows=st.lists(memento_streams(), min_size=1, max_size=4), left=st.booleans(), spec=st.sampled_from(SPECS))
-def test_batched_mask_with_padding_equals_rows(rows, left, spec):
+def test_batched_mask_with_padding_equals_rows(rows, left, spec):  # the engine's timing
     keep, delim, restart = spec
     T = max(len(r) for r in rows)
     pad = 0
@@ -86,7 +112,7 @@ def test_batched_mask_with_padding_equals_rows(rows, left, spec):
     assert batch.shape == (len(rows), T, T)
     for i, r in enumerate(rows):
         sl = slice(T - len(r), T) if left else slice(0, len(r))
-        assert torch.equal(batch[i][sl, sl], reference_mask(r, keep, delim, restart))
+        assert torch.equal(batch[i][sl, sl], engine_mask(r, keep, delim, restart))
         pads = (~real[i]).nonzero().flatten()
         assert not batch[i][real[i]][:, pads].any(), "a real query attends to padding"
         for p in pads:  # pad rows attend to themselves only
@@ -98,13 +124,15 @@ def test_worked_example_from_docstring():
     ids = [7, m.think_start, m.block_start, 1, 2, m.block_end, m.summary_start, 3, m.summary_end,
            m.block_start, 4, m.block_end, m.summary_start, 5, m.summary_end]
     mask = memento_mask(ids, MARKERS)
-    assert not mask[9:, 3:5].any()  # block 0's reasoning gone after its summary_end (8)
-    assert mask[8, 3:5].all()  # ... but visible to the summary_end itself
-    assert mask[9:, 2].all() and mask[9:, 5].all()  # delimiters kept
-    assert mask[9:, 6:9].all()  # memento kept
-    assert mask[14, 10]  # block 1 still visible to its own summary_end
+    assert not mask[8:, 3:5].any()  # block 0's reasoning gone from its summary_end (8) on, that row included
+    assert mask[7, 3:5].all()  # ... but the memento saw it
+    assert mask[8:, 2].all() and mask[8:, 5].all()  # delimiters kept
+    assert mask[8:, 6:9].all()  # memento kept
+    assert not mask[14, 10] and mask[13, 10]  # block 1 hidden from its own summary_end too
     delim = memento_mask(ids, MARKERS, mask_delimiters=True)
-    assert not delim[9:, 2:6].any()
+    assert not delim[8:, 2:6].any()
+    legacy = memento_mask(ids, MARKERS, summary_end_sees_block=True)  # the earlier, non-default timing
+    assert legacy[8, 3:5].all() and not legacy[9:, 3:5].any() and legacy[14, 10]
 
 
 def test_keep_minus_one_is_causal():
@@ -118,9 +146,13 @@ def test_restart_memento_cannot_see_its_block():
     ids = [m.think_start, m.block_start, 1, 2, m.block_end, m.summary_start, 3, m.summary_end]
     normal = memento_mask(ids, MARKERS)
     restart = memento_mask(ids, MARKERS, restart=True)
-    assert normal[5:8, 2:4].all()
-    assert not restart[4:8, 2:4].any()  # retained <|block_end|> and the memento re-encoded without the block
-    assert torch.equal(restart[:4], normal[:4])
+    assert normal[5:7, 2:4].all()
+    # the engine: <|block_start|> .. <|block_end|> (1-4) evicted inclusive, the memento from
+    # <|summary_start|> (5) recomputed without them; the <|block_end|> itself is gone, not re-encoded
+    assert not restart[5:8, 1:5].any() and restart[7, 5:8].all() and restart[5:8, 0].all()
+    assert torch.equal(restart[:5], normal[:5])
+    legacy = memento_mask(ids, MARKERS, restart=True, summary_end_sees_block=True)
+    assert not legacy[4:8, 2:4].any() and legacy[4:8, 1].all() and legacy[5:8, 4].all()  # delimiters kept
 
 
 def test_unfinished_memento_is_not_restarted():
@@ -138,7 +170,11 @@ def test_additive_form():
 
 def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="keep_last_n_blocks"):
-        mask_from_spans(parse_spans([1], MARKERS), keep_last_n_blocks=-2)
+        mask_from_spans(parse_spans([1], MARKERS), EvictionConfig(keep_last_n_blocks=-2))
+    with pytest.raises(ValueError, match="not both"):
+        memento_mask([1], MARKERS, keep_last_n_blocks=1, config=EvictionConfig())
+    with pytest.raises(ValueError, match="prompt_len has 1 entries for a batch of 2"):
+        memento_mask(torch.ones(2, 3, dtype=torch.long), MARKERS, prompt_len=[1])
     with pytest.raises(ValueError, match="1-D"):
         memento_mask(torch.zeros(1, 1, 3, dtype=torch.long), MARKERS)
     ids = torch.tensor([[1, 2, 3]])
