@@ -26,7 +26,7 @@ from transformers import DynamicCache
 
 from leakage.cache import cache_layers
 from leakage.config import EvictionConfig
-from leakage.decode import _is_bridge, _is_nnsight, hf_module
+from leakage.decode import _is_bridge, _is_nnsight, check_token_ids, hf_module, vocab_size
 from leakage.hooks import attn_pattern_hook, resid_pre_hook
 from leakage.mask import additive_mask, memento_mask
 from leakage.positions import Site, TracePositions, trace_positions
@@ -114,6 +114,7 @@ def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequ
     rows = [list(s) for s in (sequences.tolist() if isinstance(sequences, torch.Tensor) else sequences)]
     B, T = len(rows), max(len(r) for r in rows)
     lens = prompt_len if isinstance(prompt_len, Sequence) else [prompt_len] * B
+    check_token_ids(rows, vocab_size(model))
     named = _named_sites(sites)
     if positions is None:
         positions = [trace_positions(parse_spans(r, tokenizer, prompt_len=n)) for r, n in zip(rows, lens)]

@@ -52,11 +52,37 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace):
-    from leakage.model import build_model, load_model
+    from leakage.model import build_model
 
     if args.checkpoint:
-        return load_model(args.checkpoint)
+        return _load_checkpoint(args.checkpoint)
     return build_model(args.preset, seed=args.seed)
+
+
+def _load_checkpoint(path):
+    """Load a checkpoint; warn (stderr) when it was never trained on the Memento format, whose markers
+    are then added with fresh embeddings, so that its scores are not mistaken for a trained model's."""
+    from leakage.model import add_memento_tokens, load_model, missing_memento_tokens
+    from leakage.views import architecture_name
+
+    model, tokenizer = load_model(path, add_tokens=False)
+    missing = missing_memento_tokens(tokenizer)
+    if missing:
+        add_memento_tokens(model, tokenizer)
+        print(f"warning: {path} ({architecture_name(model)}) has no {', '.join(missing)} in its tokenizer: it was "
+              "never trained on the Memento format; the markers were added with fresh embeddings", file=sys.stderr)
+    return model, tokenizer
+
+
+def _encode_text(tokenizer, text: str, flag: str) -> list[int]:
+    """Token ids of a command-line text; words the tokenizer does not know are an error, not `<unk>`."""
+    from leakage.trace import unknown_words
+
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    bad = unknown_words(tokenizer, text, ids)
+    if bad:
+        raise ValueError(f"{flag}: words not in the model's vocabulary: {bad[:5]}")
+    return ids
 
 
 def _marked(ids: list[int], tokenizer, prompt_len: int) -> str:
@@ -86,9 +112,11 @@ def _decode(args: argparse.Namespace) -> int:
 
     model, tokenizer = _load(args)
     config = from_flags(EvictionConfig, args)
-    prompt = tokenizer.encode(args.prompt, add_special_tokens=False)
-    if args.teacher_force:
-        ids = prompt + tokenizer.encode(args.teacher_force, add_special_tokens=False)
+    prompt = _encode_text(tokenizer, args.prompt, "--prompt")
+    if not prompt:
+        raise ValueError("--prompt is empty: there is nothing to decode from")
+    if args.teacher_force is not None:
+        ids = prompt + _encode_text(tokenizer, args.teacher_force, "--teacher-force")
         seq = teacher_force(model, tokenizer, ids, config, prompt_len=len(prompt)).sequences[0]
     else:
         seq = generate(model, tokenizer, prompt, config, max_new_tokens=args.max_new_tokens,
@@ -137,11 +165,11 @@ def _train(args: argparse.Namespace) -> int:
         preset = replace(preset, model_preset=args.model_preset)
     stages = tuple(int(s) for s in args.stages.split(","))
     if not stages or any(s not in (1, 2) for s in stages) or list(stages) != sorted(set(stages)):
-        raise SystemExit(f"leakage train: --stages must be '1,2', '1' or '2', got {args.stages!r}")
+        raise ValueError(f"--stages must be '1,2', '1' or '2', got {args.stages!r}")
     run = RunConfig(task=from_flags(TaskConfig, args), preset=preset, stages=stages,
                     eviction=from_flags(EvictionConfig, args), seed=args.seed)
     start = time.perf_counter()
-    final = train(run, args.out, resume=args.resume)
+    final = train(run, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"trained {args.task} ({args.preset}) in {time.perf_counter() - start:.0f} s; final model: {final}")
     return 0
 
@@ -150,9 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
     """Task accuracy of a checkpoint under memento and restart decoding, with 95% intervals."""
     from leakage.evaluate import evaluate_checkpoint
     from leakage.io import atomic_write_json
-    from leakage.model import load_model
 
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer = _load_checkpoint(args.checkpoint)
     results = {"checkpoint": str(args.checkpoint),
                **evaluate_checkpoint(model, tokenizer, from_flags(TaskConfig, args), args.n, args.seed,
                                      from_flags(EvictionConfig, args))}
@@ -167,10 +194,9 @@ def _consistency(args: argparse.Namespace) -> int:
     """Logit and KV differences between the two eviction timings, and decoder vs masked forward."""
     from leakage.consistency import consistency_report
     from leakage.io import atomic_write_json
-    from leakage.model import load_model
     from leakage.tasks import make_example
 
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer = _load_checkpoint(args.checkpoint)
     task = from_flags(TaskConfig, args)
     examples = [make_example(task, tokenizer, args.seed, i, "val") for i in range(args.n)]
     report = consistency_report(model, tokenizer, [e.ids for e in examples], [e.positions for e in examples],
@@ -223,6 +249,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leakage", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="end-to-end check of trace format, memento mask and the three model views")
@@ -257,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(train, EvictionConfig, skip=("max_block_tokens",))
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    train.add_argument("--overwrite", action="store_true", help="replace the run in --out (its run files only)")
     train.set_defaults(func=_train)
 
     evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
@@ -293,11 +321,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(err: BaseException) -> bool:
+    """Errors the user can fix (bad input, refused requests, failed services), printed as one line."""
+    from leakage.errors import UserError
+
+    return isinstance(err, (UserError, ValueError, KeyError, OSError))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors the user can fix print one line naming what and where, exit code 2;
+    `--debug` shows their traceback. Anything else is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv[1:]  # the subcommand's own arguments, for the command written beside results
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = [a for a in argv if a != "--debug"][1:]  # the subcommand's arguments, for the command in results
+    try:
+        return args.func(args)
+    except Exception as err:
+        if args.debug or not _user_error(err):
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        command = " ".join(c for c in (args.command, getattr(args, "data_command", None)) if c)
+        print(f"leakage {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from transformers import DynamicCache
 from leakage.cache import LiveCache, SlotTable, attention_mask, compact
 from leakage.config import EvictionConfig
 from leakage.kv import KVTrace
+from leakage.mask import real_bounds
 from leakage.schedule import Eviction, events_at
 from leakage.spans import MarkerIds, SpanTracker, TraceSpans, as_marker_ids, parse_spans
 
@@ -83,6 +84,22 @@ def forward_fn(model, intervention: Callable | None = None) -> Forward:
                                                          position_ids=positions, use_cache=True)
     return lambda ids, cache, mask, positions: model(ids, past_key_values=cache, attention_mask=mask,
                                                      position_ids=positions, use_cache=True).logits
+
+
+def vocab_size(model) -> int:
+    """Rows of the model's input embedding: the token ids it can take."""
+    return hf_module(model).get_input_embeddings().num_embeddings
+
+
+def check_token_ids(rows: Sequence[Sequence[int]], size: int, positions: Sequence[Sequence[int]] | None = None) -> None:
+    """Raise naming the row and position of the first token id outside 0..size-1 (instead of an
+    IndexError deep in the embedding)."""
+    for b, row in enumerate(rows):
+        for i, token in enumerate(row):
+            if not 0 <= token < size:
+                where = positions[b][i] if positions is not None else i
+                raise ValueError(f"row {b}, position {where}: token id {token} is outside the model's vocabulary "
+                                 f"(0..{size - 1})")
 
 
 @dataclass
@@ -199,7 +216,7 @@ class Decoder:
         self.markers = as_marker_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.forward = forward_fn(model, intervention)
-        self.vocab_size = hf_module(model).config.vocab_size
+        self.vocab_size = vocab_size(model)
         self.kv = DynamicCache(config=hf_module(model).config)
         self.rows = [_Row(ids=list(p), prompt_len=len(p),
                           tracker=SpanTracker(self.markers, prompt_len=len(p), plain_prompt=False, strict=False),
@@ -237,11 +254,8 @@ class Decoder:
         ids = torch.full((B, q), self.pad_id)
         pos = torch.zeros(B, q, dtype=torch.long)
         new_valid = torch.zeros(B, q, dtype=torch.bool)
+        check_token_ids(tokens, self.vocab_size, positions)
         for b, (t, p) in enumerate(zip(tokens, positions)):
-            if any(not 0 <= token < self.vocab_size for token in t):
-                bad = next(token for token in t if not 0 <= token < self.vocab_size)
-                raise ValueError(f"row {b}: token id {bad} at position {p[t.index(bad)]} is outside the "
-                                 f"model's vocabulary (0..{self.vocab_size - 1})")
             ids[b, :len(t)] = torch.tensor(t, dtype=torch.long)
             pos[b, :len(p)] = torch.tensor(p, dtype=torch.long)
             new_valid[b, :len(t)] = True
@@ -463,19 +477,46 @@ def force_policy(sequences: list[list[int]], model_chooses: Callable[[int, int],
     return choose
 
 
+def unpad(ids, tokenizer, padding_mask=None) -> list[list[int]]:
+    """A batch as unpadded sequences. A 2-D tensor with `padding_mask` (B, T), 1 for real tokens (left or
+    right padding), loses its padding; without one, a row holding the pad token id is refused (pads would
+    be fed as tokens)."""
+    if padding_mask is None:
+        seqs = _as_batch(ids)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if isinstance(ids, torch.Tensor) and ids.dim() == 2 and pad is not None:
+            for b, row in enumerate(seqs):
+                if pad in row:
+                    raise ValueError(f"row {b} holds the pad token id {pad} at positions "
+                                     f"{[p for p, t in enumerate(row) if t == pad][:5]}: pass padding_mask= (1 for "
+                                     "real tokens) or a list of unpadded sequences")
+        return seqs
+    ids, padding_mask = torch.as_tensor(ids), torch.as_tensor(padding_mask).bool()
+    if ids.dim() != 2 or padding_mask.shape != ids.shape:
+        raise ValueError(f"padding_mask {tuple(padding_mask.shape)} must match 2-D ids {tuple(ids.shape)}")
+    seqs = []
+    for b in range(ids.shape[0]):
+        bounds = real_bounds(padding_mask[b], b)
+        if bounds is None:
+            raise ValueError(f"row {b} is all padding")
+        seqs.append(ids[b, bounds[0]:bounds[1]].tolist())
+    return seqs
+
+
 def teacher_force(model, tokenizer, ids, config: EvictionConfig = EvictionConfig(), *,
-                  prompt_len: int | Sequence[int | None] | None = None, record_cache: bool = False,
+                  prompt_len: int | Sequence[int | None] | None = None, padding_mask=None, record_cache: bool = False,
                   intervention: Callable | None = None, on_step: OnStep | None = None) -> TeacherForceResult:
     """Feed given sequences through eviction decoding one token at a time and return every position's logits.
 
     Args:
-        ids: one sequence or a ragged batch of them.
+        ids: one sequence, a ragged batch of them, or a padded 2-D tensor with `padding_mask`.
         prompt_len: prompt length per sequence (prefilled in one forward); default: up to the first
             `<think>` (as `parse_spans` finds it).
-    Returns logits (B, T_max, V): row b, position p holds the prediction for token p + 1 (at positions
-    a restart recomputed, the recomputation's).
+        padding_mask: (B, T), 1 for real tokens, for a padded 2-D `ids` (see `unpad`).
+    Returns logits (B, T_max, V) over the *unpadded* sequences: row b, position p holds the prediction
+    for token p + 1 of sequence b (at positions a restart recomputed, the recomputation's).
     """
-    seqs = _as_batch(ids)
+    seqs = unpad(ids, tokenizer, padding_mask)
     lens = prompt_len if isinstance(prompt_len, Sequence) else [prompt_len] * len(seqs)
     if len(lens) != len(seqs):
         raise ValueError(f"prompt_len has {len(lens)} entries for {len(seqs)} sequences")

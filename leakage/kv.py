@@ -23,9 +23,12 @@ def kv_bytes_per_token(n_layers: int, n_kv_heads: int, d_head: int, bytes_per_va
 
 
 def kv_bytes_per_token_of(config, bytes_per_value: int = 2) -> int:
-    """`kv_bytes_per_token` for an HF config (num_hidden_layers, num_key_value_heads, head_dim)."""
+    """`kv_bytes_per_token` for an HF config (num_hidden_layers, num_key_value_heads, head_dim).
+
+    Architectures without grouped-query attention (GPT-2, ...) have as many KV heads as heads."""
     d_head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, d_head, bytes_per_value)
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return kv_bytes_per_token(config.num_hidden_layers, kv_heads, d_head, bytes_per_value)
 
 
 @dataclass

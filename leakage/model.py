@@ -21,6 +21,8 @@ from transformers import (AddedToken, AutoModelForCausalLM, AutoTokenizer, PreTr
 from leakage.config import INIT_NOISE_STD, INIT_WORDS, MEMENTO_TOKENS, THINK_END, THINK_START, ModelPreset, model_preset
 
 PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+"""Files one of which an HF tokenizer directory holds."""
 
 SYNTHETIC_WORDS: tuple[str, ...] = (
     *"0123456789",
@@ -105,8 +107,7 @@ def add_memento_tokens(model, tokenizer, seed: int = 0) -> dict[str, int]:
     output head gets the same treatment on its rows; a tied one follows the input embedding.
     Tokens already present are left untouched. Returns {token: id} for the tokens that were added.
     """
-    missing = [t for t in (THINK_START, THINK_END, *MEMENTO_TOKENS)
-               if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
+    missing = missing_memento_tokens(tokenizer)
     if not missing:
         return {}
     old_rows = model.get_input_embeddings().weight.shape[0]
@@ -156,12 +157,21 @@ def load_model(path: str | Path, add_tokens: bool = True, seed: int = 0):
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not an HF checkpoint directory (no config.json)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); a checkpoint without "
+                                "its tokenizer cannot be used (its ids would mean nothing)")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
                                                  attn_implementation="eager")
     if add_tokens:
         add_memento_tokens(model, tokenizer, seed=seed)
     return model.eval(), tokenizer
+
+
+def missing_memento_tokens(tokenizer) -> list[str]:
+    """The format markers a tokenizer does not know (a checkpoint never trained on the Memento format)."""
+    return [t for t in (THINK_START, THINK_END, *MEMENTO_TOKENS)
+            if tokenizer.convert_tokens_to_ids(t) in (None, tokenizer.unk_token_id)]
 
 
 def count_parameters(model) -> int:

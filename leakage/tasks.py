@@ -64,8 +64,11 @@ class TaskConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {TASKS}")
-        if self.n_blocks < 1 or self.n_blocks > 10 and self.task == "recall":
-            raise ValueError("recall names blocks by one digit: n_blocks must be 1..10")
+        for name in ("n_blocks", "digits_per_block", "sum_digits", "passcode_digits"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.task == "recall" and self.n_blocks > 10:
+            raise ValueError(f"recall names blocks by one digit: n_blocks must be 1..10, got {self.n_blocks}")
         if not 0.0 <= self.short_block_rate <= 1.0 or (self.short_block_rate and self.digits_per_block < 2):
             raise ValueError("short_block_rate must be in [0, 1] with digits_per_block >= 2")
         if self.passcode_block is not None and not 0 <= self.passcode_block < self.n_blocks:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, Union
 
 from leakage.config import BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END, THINK_START
-from leakage.io import atomic_write_jsonl
+from leakage.io import atomic_write_jsonl, read_text
 from leakage.spans import MarkerIds, SpanKind, as_marker_ids, parse_spans
 
 @dataclass(frozen=True)
@@ -146,14 +146,22 @@ def _text(segment: Segment, where: str) -> str:
     return segment
 
 
+def unknown_words(tokenizer, text: str, ids: Sequence[int] | None = None) -> list[str]:
+    """Words of `text` the tokenizer maps to its unknown token (they would be silently lost)."""
+    unk = tokenizer.unk_token_id
+    ids = tokenizer.encode(text, add_special_tokens=False) if ids is None else ids
+    if unk is None or unk not in ids or (tokenizer.unk_token or "") in text:
+        return []
+    return [w for w in text.split() if unk in tokenizer.encode(w, add_special_tokens=False)]
+
+
 def _encode(tokenizer, segment: Segment, where: str, markers: MarkerIds) -> list[int]:
     if not isinstance(segment, str):
         ids = list(segment)
     else:
         ids = tokenizer.encode(segment, add_special_tokens=False)
-        unk = tokenizer.unk_token_id
-        if unk is not None and unk in ids and (tokenizer.unk_token or "") not in segment:
-            bad = [w for w in segment.split() if tokenizer.encode(w, add_special_tokens=False) == [unk]]
+        bad = unknown_words(tokenizer, segment, ids)
+        if bad:
             raise ValueError(f"{where}: words not in the tokenizer's vocabulary: {bad[:5]}")
     for offset, token_id in enumerate(ids):
         if token_id in markers.all_ids:
@@ -250,9 +258,12 @@ def read_openmementos(path: str | Path) -> list[OpenMementosRecord]:
     Errors name the file and line (JSONL) or the record index (JSON).
     """
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if path.suffix == ".json":
-        obj = json.loads(text)
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {err.lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
         objs = obj if isinstance(obj, list) else [obj]
         return [OpenMementosRecord.from_dict(o, f"{path}, record {i}") for i, o in enumerate(objs)]
     records = []

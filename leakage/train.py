@@ -51,6 +51,16 @@ class TrainPreset:
     n_eval: int  # examples for task accuracy during training
     model_preset: str = "tiny"
 
+    def __post_init__(self):
+        for name in ("stage1_steps", "stage2_steps", "batch_size", "train_examples", "eval_every", "save_every",
+                     "n_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if self.save_every % self.eval_every:
+            raise ValueError(f"save_every ({self.save_every}) must be a multiple of eval_every ({self.eval_every})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
 
 TRAIN_PRESETS: dict[str, TrainPreset] = {
     # seconds: for tests
@@ -219,7 +229,7 @@ def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, res
     stage_dir = run_dir / f"stage{stage}"
     done = stage_dir / "done.json"
     if resume and done.is_file():
-        return Path(json.loads(done.read_text())["best_checkpoint"])
+        return run_dir / json.loads(done.read_text())["best_checkpoint"]
     train_set = TaskDataset(run.task, tokenizer, run.preset.train_examples, run.seed, "train")
     val_set = TaskDataset(run.task, tokenizer, run.preset.n_val, run.seed, "val")
     eval_set = TaskDataset(replace(run.task, short_block_rate=0.0), tokenizer, run.preset.n_eval, run.seed, "val")
@@ -240,7 +250,8 @@ def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, res
                                   f"{run.stage_steps(stage)}; resume with resume=True")
     best = Path(trainer.state.best_model_checkpoint or stage_dir / f"checkpoint-{trainer.state.global_step}")
     if trainer.is_world_process_zero():
-        atomic_write_json(done, {"best_checkpoint": str(best), "best_eval_loss": trainer.state.best_metric,
+        atomic_write_json(done, {"best_checkpoint": str(best.relative_to(run_dir)),  # the folder may move
+                                 "best_eval_loss": trainer.state.best_metric,
                                  "steps": trainer.state.global_step, "wall_seconds": seconds,
                                  "resumed": has_checkpoint})
     return best
@@ -250,16 +261,57 @@ class TrainingInterrupted(RuntimeError):
     """A stage stopped before its last step (a callback asked it to); the run can be resumed."""
 
 
-def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: list | None = None,
-          **argument_overrides) -> Path:
-    """Run the configured stages; stage 2 starts from stage 1's best checkpoint. Returns `run_dir/final`."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+RUN_FILES = ("config.json", "metrics.jsonl", "stage1", "stage2", "final")
+"""What a run folder holds (module docstring); `overwrite` removes exactly these."""
+
+
+def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs in one folder: an existing run is resumed only with the same config, replaced
+    only with `overwrite`; a folder holding anything else is refused."""
     config_path = run_dir / "config.json"
-    if resume and config_path.is_file() and json.loads(config_path.read_text()) != run.to_dict():
-        raise ValueError(f"{config_path} holds a different configuration; refusing to resume into it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} exists and is not a directory")
+    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not existing:
+        return
+    if not config_path.is_file():
+        raise ValueError(f"run folder {run_dir} is not empty and holds no run (config.json): {existing[:5]}; "
+                         "choose a new folder")
+    try:
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if overwrite:
+        import shutil
+
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return
+    if old != run.to_dict():
+        changed = sorted(k for k in set(old) | set(run.to_dict()) if old.get(k) != run.to_dict().get(k))
+        raise ValueError(f"{run_dir} holds a run with a different configuration (differs in {changed}); "
+                         "pass --overwrite to replace it, or choose another --out")
+    if not resume:
+        raise ValueError(f"{run_dir} already holds this run; pass --resume to continue it or --overwrite to "
+                         "train it again from scratch")
+
+
+def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: list | None = None,
+          overwrite: bool = False, **argument_overrides) -> Path:
+    """Run the configured stages; stage 2 starts from stage 1's best checkpoint. Returns `run_dir/final`.
+
+    An existing run folder is resumed (`resume`, same config only) or replaced (`overwrite`), never mixed.
+    """
+    run_dir = Path(run_dir)
     if _rank() == 0:
-        atomic_write_json(config_path, run.to_dict())
+        prepare_run_dir(run, run_dir, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _rank() == 0:
+        atomic_write_json(run_dir / "config.json", run.to_dict())
     model, tokenizer = build_model(run.preset.model_preset, seed=run.seed)
     best = None
     for stage in run.stages:

@@ -71,7 +71,7 @@ def _run(args) -> int:
     client = None
     if "llm" in (args.scorer, args.compressor):
         if not (args.llm_base_url and args.llm_model):
-            raise SystemExit("--scorer llm / --compressor llm need --llm-base-url and --llm-model")
+            raise ValueError("--scorer llm / --compressor llm need --llm-base-url and --llm-model")
         client = ChatClient(LLMConfig(base_url=args.llm_base_url, model=args.llm_model, timeout_s=args.llm_timeout))
     scorer = LLMScorer(client) if args.scorer == "llm" else RuleScorer()
     if args.compressor == "llm":
@@ -95,7 +95,7 @@ def _run(args) -> int:
 
 def _labels(args) -> list[str] | None:
     if args.labels and len(args.labels) != len(args.inputs):
-        raise SystemExit(f"--labels needs one label per input ({len(args.inputs)}), got {len(args.labels)}")
+        raise ValueError(f"--labels needs one label per input ({len(args.inputs)}), got {len(args.labels)}")
     return args.labels
 
 

@@ -1,4 +1,4 @@
-"""A small OpenAI-compatible chat-completions client on `urllib.request`, and the prompt files.
+"""An OpenAI-compatible chat-completions client on `httpx`, and the prompt files.
 
 `ChatClient.chat` POSTs `{base_url}/chat/completions` and returns the first choice's message content.
 Transport failures (connection errors, timeouts, HTTP 429 and 5xx, a reply without a message) are
@@ -6,6 +6,10 @@ retried `max_retries` times with exponential backoff (`backoff_s`, doubling); ot
 401, 404, ...) raise at once. `ChatClient.chat_json` extracts a JSON value from the reply, validates it
 with a caller's function, and on an invalid reply asks again (telling the model what was wrong) up to
 `attempts` times. Every failure raises `LLMError` naming the request (`where`) and the last problem.
+
+Credentials: the bearer token goes to `base_url` only. Redirects are never followed (a redirect is
+refused with an error naming where it pointed, so a token can never travel to another host), and the
+token is redacted from every error message, however the server echoed it.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, TypeVar
 
+import httpx
+
+from leakage.errors import UserError
+
 T = TypeVar("T")
 
 
-class LLMError(RuntimeError):
+class LLMError(UserError, RuntimeError):
     """An LLM request failed for good (after retries), or its replies never validated."""
 
 
@@ -66,6 +71,14 @@ class ChatClient:
     def url(self) -> str:
         return self.config.base_url.rstrip("/") + "/chat/completions"
 
+    def _key(self) -> str:
+        return os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
+
+    def redact(self, text: str) -> str:
+        """`text` with the bearer token replaced by '***' (error messages must never carry it)."""
+        key = self._key()
+        return text.replace(key, "***") if key else text
+
     def chat(self, messages: list[dict], where: str = "request") -> str:
         """The reply text of one chat completion, with transport retries."""
         c = self.config
@@ -73,37 +86,40 @@ class ChatClient:
         if c.max_tokens is not None:
             body["max_tokens"] = c.max_tokens
         headers = {"Content-Type": "application/json"}
-        key = os.environ.get(c.api_key_env, "") if c.api_key_env else ""
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        data = json.dumps(body).encode("utf-8")
+        if self._key():
+            headers["Authorization"] = f"Bearer {self._key()}"
         problem = ""
-        for attempt in range(c.max_retries + 1):
-            if attempt:
-                self._sleep(c.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            self.requests_sent += 1
-            try:
-                with urllib.request.urlopen(request, timeout=c.timeout_s) as response:
-                    payload = response.read().decode("utf-8")
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:300]
-                problem = f"HTTP {err.code} from {self.url}: {detail}"
-                if err.code in _RETRYABLE_STATUS:
+        with httpx.Client(timeout=c.timeout_s, follow_redirects=False, trust_env=False) as http:
+            for attempt in range(c.max_retries + 1):
+                if attempt:
+                    self._sleep(c.backoff_s * 2 ** (attempt - 1))
+                self.requests_sent += 1
+                try:
+                    response = http.post(self.url, json=body, headers=headers)
+                except httpx.TimeoutException as err:
+                    problem = f"timed out contacting {self.url} ({type(err).__name__})"
                     continue
-                raise LLMError(f"{where}: {problem}") from None
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as err:
-                reason = getattr(err, "reason", err)
-                problem = f"{type(reason).__name__} contacting {self.url}: {reason}"
-                continue
-            try:
-                content = json.loads(payload)["choices"][0]["message"]["content"]
-                if not isinstance(content, str):
-                    raise TypeError("message content is not a string")
-                return content
-            except (ValueError, KeyError, IndexError, TypeError) as err:
-                problem = f"malformed chat-completion reply ({err}): {payload[:200]!r}"
-        raise LLMError(f"{where}: failed after {c.max_retries + 1} attempts; last problem: {problem}")
+                except httpx.TransportError as err:
+                    problem = f"{type(err).__name__} contacting {self.url}: {err}"
+                    continue
+                if response.is_redirect:
+                    raise LLMError(self.redact(
+                        f"{where}: {self.url} answered HTTP {response.status_code}, a redirect to "
+                        f"{response.headers.get('location', '?')!r}; redirects are not followed (the API key would "
+                        "travel with them): point --llm-base-url at the final address"))
+                if response.status_code != 200:
+                    problem = f"HTTP {response.status_code} from {self.url}: {response.text[:300]}"
+                    if response.status_code in _RETRYABLE_STATUS:
+                        continue
+                    raise LLMError(self.redact(f"{where}: {problem}"))
+                try:
+                    content = response.json()["choices"][0]["message"]["content"]
+                    if not isinstance(content, str):
+                        raise TypeError("message content is not a string")
+                    return content
+                except (ValueError, KeyError, IndexError, TypeError) as err:
+                    problem = f"malformed chat-completion reply ({err}): {response.text[:200]!r}"
+        raise LLMError(self.redact(f"{where}: failed after {c.max_retries + 1} attempts; last problem: {problem}"))
 
     def chat_json(self, messages: list[dict], validate: Callable[[Any], T], attempts: int = 3,
                   where: str = "request") -> T:
@@ -117,7 +133,7 @@ class ChatClient:
             try:
                 return validate(extract_json(reply))
             except ValueError as err:
-                problem = str(err)
+                problem = self.redact(str(err))
             conversation = [*messages, {"role": "assistant", "content": reply},
                             {"role": "user", "content": f"Your reply was invalid: {problem}. "
                                                         "Reply again with the JSON only."}]

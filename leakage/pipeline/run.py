@@ -8,21 +8,27 @@ A trace's id is its `task_id` (else `id`, else "line N"). Output: OpenMementos r
 `process_trace` is the pure per-trace core: split -> score -> segment -> compress.
 `run_pipeline` runs it over a file with a checkpoint directory: each finished trace is written there at
 once (temp file + rename, so a crash never leaves a partial file), a rerun skips finished traces, and
-the output file is assembled from the checkpoint, in input order, only when every trace is done. A
-checkpoint records the input's hash and every setting; resuming with different ones is refused.
+the output file is assembled from the checkpoint, in input order, only when every trace is done.
+
+The checkpoint directory holds only what the pipeline writes (`manifest.json` with every setting, and
+`traces/NNNNN/NNNNNNNN.json`, one per finished trace with the hash of its input record); a directory
+holding anything else is refused, and cleaning up removes exactly those files, never the directory's
+other contents. A finished trace is reused only while its input record is unchanged, so a run that
+failed on a bad record resumes once the record is fixed; resuming with other settings is refused.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from leakage.config import THINK_END, THINK_START
-from leakage.io import atomic_file, atomic_write_json
+from leakage.config import MEMENTO_TOKENS, THINK_END, THINK_START
+from leakage.io import atomic_file, atomic_write_json, read_text_lines
 from leakage.pipeline.compress import Compressor
 from leakage.pipeline.llm import LLMError
 from leakage.pipeline.scoring import BoundaryScorer
@@ -31,7 +37,7 @@ from leakage.pipeline.sentences import SplitConfig, naive_split, split_sentences
 from leakage.pipeline.tokenizer import span_token_counts, token_counter, tokenizer_fingerprint, tokenizer_label
 from leakage.trace import OpenMementosRecord
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 META_KEY = "memento_pipeline"
 
 
@@ -61,6 +67,7 @@ class RawTrace:
     answer_text: str
     fields: dict = field(default_factory=dict)  # every other input field, verbatim
     where: str = "record"
+    source_sha256: str = ""  # of the input record, to know when a checkpointed trace is stale
 
 
 def parse_openthoughts(obj, where: str, default_id: str) -> RawTrace:
@@ -82,29 +89,35 @@ def parse_openthoughts(obj, where: str, default_id: str) -> RawTrace:
     thinking = cot[start + len(THINK_START):end]
     if not thinking.strip():
         raise ValueError(f"{at}: the reasoning between {THINK_START} and {THINK_END} is empty")
+    answer_text = cot[end + len(THINK_END):].strip()
+    for name, text in (("problem", obj["problem"]), ("reasoning", thinking), ("answer", answer_text)):
+        for marker in (*MEMENTO_TOKENS, THINK_START, THINK_END):
+            if marker in text:
+                raise ValueError(f"{at}: the {name} contains the format marker {marker!r} (character "
+                                 f"{text.index(marker)}); raw chain-of-thought must be plain text")
     fields = {k: v for k, v in obj.items() if k not in ("cot", "problem")}
-    return RawTrace(trace_id=trace_id, problem=obj["problem"], thinking=thinking,
-                    answer_text=cot[end + len(THINK_END):].strip(), fields=fields, where=where)
+    source = hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return RawTrace(trace_id=trace_id, problem=obj["problem"], thinking=thinking, answer_text=answer_text,
+                    fields=fields, where=where, source_sha256=source)
 
 
 def read_openthoughts(path: str | Path) -> Iterator[RawTrace]:
     """Stream the records of a JSONL file (blank lines skipped); duplicate trace ids are an error."""
     path = Path(path)
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
-            raw = parse_openthoughts(obj, where, default_id=f"line {lineno}")
-            if raw.trace_id in seen:
-                raise ValueError(f"{where}: trace id {raw.trace_id!r} already used on line {seen[raw.trace_id]}")
-            seen[raw.trace_id] = lineno
-            yield raw
+    for lineno, line in read_text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}, line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: invalid JSON ({err.msg} at column {err.colno})") from None
+        raw = parse_openthoughts(obj, where, default_id=f"line {lineno}")
+        if raw.trace_id in seen:
+            raise ValueError(f"{where}: trace id {raw.trace_id!r} already used on line {seen[raw.trace_id]}")
+        seen[raw.trace_id] = lineno
+        yield raw
 
 
 def process_trace(raw: RawTrace, tokenizer, scorer: BoundaryScorer, compressor: Compressor,
@@ -173,32 +186,80 @@ class RunSummary:
     output: Path
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_TRACE_FILE = re.compile(r"\d{8}\.json|\.\d{8}\.json.*\.tmp")  # a finished trace, or a crashed write of one
+_SHARD_DIR = re.compile(r"\d{5}")
+_MANIFEST = re.compile(r"manifest\.json|\.manifest\.json.*\.tmp")
 
 
 def _trace_file(checkpoint: Path, index: int) -> Path:
     return checkpoint / "traces" / f"{index // 1000:05d}" / f"{index:08d}.json"
 
 
-def _open_checkpoint(checkpoint: Path, input_path: Path, settings: dict) -> None:
-    manifest = {"version": CHECKPOINT_VERSION, "input": str(input_path), "input_sha256": _sha256_file(input_path),
-                "settings": settings}
+def _foreign_entries(checkpoint: Path) -> list[str]:
+    """Entries of a checkpoint directory the pipeline did not write (relative paths)."""
+    foreign = [e.name for e in checkpoint.iterdir() if e.name != "traces" and not _MANIFEST.fullmatch(e.name)]
+    traces = checkpoint / "traces"
+    if traces.is_dir():
+        for shard in traces.iterdir():
+            if not (shard.is_dir() and _SHARD_DIR.fullmatch(shard.name)):
+                foreign.append(f"traces/{shard.name}")
+                continue
+            foreign += [f"traces/{shard.name}/{f.name}" for f in shard.iterdir() if not _TRACE_FILE.fullmatch(f.name)]
+    elif traces.exists():
+        foreign.append("traces")
+    return sorted(foreign)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointMismatchError(f"{path}: corrupt checkpoint file ({err}); delete it and rerun") from None
+
+
+def _open_checkpoint(checkpoint: Path, settings: dict) -> None:
+    if checkpoint.exists():
+        if not checkpoint.is_dir():
+            raise CheckpointMismatchError(f"checkpoint {checkpoint} exists and is not a directory")
+        foreign = _foreign_entries(checkpoint)
+        if foreign:
+            raise CheckpointMismatchError(
+                f"checkpoint directory {checkpoint} holds files the pipeline did not write ({', '.join(foreign[:5])}"
+                f"{', ...' if len(foreign) > 5 else ''}); choose a new or empty directory")
+    manifest = {"version": CHECKPOINT_VERSION, "written_by": "leakage data run", "settings": settings}
     path = checkpoint / "manifest.json"
     if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for key in ("version", "input_sha256", "settings"):
+        old = _read_json(path)
+        for key in ("version", "settings"):
             if old.get(key) != manifest[key]:
                 raise CheckpointMismatchError(
-                    f"checkpoint {checkpoint} was made with a different {key.replace('_', ' ')} "
+                    f"checkpoint {checkpoint} was made with a different {key} "
                     f"({json.dumps(old.get(key))[:200]} vs now {json.dumps(manifest[key])[:200]}); "
                     "delete it or choose another checkpoint directory")
     else:
         atomic_write_json(path, manifest)
+
+
+def _remove_checkpoint(checkpoint: Path) -> None:
+    """Remove exactly the files the pipeline wrote, then each directory it made if it is left empty."""
+    traces = checkpoint / "traces"
+    if traces.is_dir():
+        for shard in traces.iterdir():
+            if shard.is_dir() and _SHARD_DIR.fullmatch(shard.name):
+                for f in shard.iterdir():
+                    if _TRACE_FILE.fullmatch(f.name):
+                        f.unlink()
+                _rmdir_if_empty(shard)
+        _rmdir_if_empty(traces)
+    for f in checkpoint.iterdir():
+        if f.is_file() and _MANIFEST.fullmatch(f.name):
+            f.unlink()
+    _rmdir_if_empty(checkpoint)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    if path.is_dir() and not any(path.iterdir()):
+        os.rmdir(path)
 
 
 def _write_jsonl_stream(path: Path, lines: Iterator[str]) -> None:
@@ -215,45 +276,51 @@ def run_pipeline(input_path: str | Path, output_path: str | Path, *, tokenizer, 
                  on_trace_done: Callable[[int, str, bool], None] | None = None) -> RunSummary:
     """Process every trace of `input_path` into `output_path`, resumably (module docstring).
 
-    checkpoint_dir: default `<output>.checkpoint/`; removed once the output is written unless
-        `keep_checkpoint`.
+    checkpoint_dir: default `<output>.checkpoint/`; its files are removed once the output is written
+        unless `keep_checkpoint` (the directory too, if nothing else is in it).
     max_new_traces: stop after processing this many traces not yet in the checkpoint (no output yet).
     on_trace_done(index, trace_id, reused): called after each trace is safely in the checkpoint.
     """
     input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise FileNotFoundError(f"input {input_path} is not a file")
+    if output_path.exists() and os.path.samefile(input_path, output_path):
+        raise ValueError(f"--out {output_path} is the input file; writing it would destroy the input")
     checkpoint = Path(checkpoint_dir) if checkpoint_dir else output_path.with_name(output_path.name + ".checkpoint")
     settings = {"config": asdict(config), "scorer": scorer.describe(), "compressor": compressor.describe(),
                 "tokenizer": tokenizer_label(tokenizer), "tokenizer_vocab_sha256": tokenizer_fingerprint(tokenizer)}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as they compare after a reload
-    _open_checkpoint(checkpoint, input_path, settings)
+    _open_checkpoint(checkpoint, settings)
 
     n_traces = n_reused = n_processed = 0
     for index, raw in enumerate(read_openthoughts(input_path)):
         n_traces += 1
         path = _trace_file(checkpoint, index)
-        if path.is_file():
-            saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("trace_id") != raw.trace_id:
-                raise CheckpointMismatchError(f"{path} holds trace {saved.get('trace_id')!r}, input has "
-                                              f"{raw.trace_id!r} at {raw.where}")
+        saved = _read_json(path) if path.is_file() else {}
+        if saved.get("trace_id") == raw.trace_id and saved.get("source_sha256") == raw.source_sha256:
             n_reused += 1
             reused = True
-        else:
+        else:  # not done yet, or its input record changed since
             if max_new_traces is not None and n_processed >= max_new_traces:
                 return RunSummary(n_traces, n_reused, n_processed, complete=False, output=output_path)
             record = process_trace(raw, tokenizer, scorer, compressor, config)
-            atomic_write_json(path, {"index": index, "trace_id": raw.trace_id, "record": record.to_dict()})
+            atomic_write_json(path, {"index": index, "trace_id": raw.trace_id, "source_sha256": raw.source_sha256,
+                                     "record": record.to_dict()})
             n_processed += 1
             reused = False
         if on_trace_done is not None:
             on_trace_done(index, raw.trace_id, reused)
 
+    if n_traces == 0:
+        _remove_checkpoint(checkpoint)
+        raise ValueError(f"{input_path}: no traces (the file is empty or holds only blank lines)")
+
     def lines() -> Iterator[str]:
         for index in range(n_traces):
-            record = json.loads(_trace_file(checkpoint, index).read_text(encoding="utf-8"))["record"]
+            record = _read_json(_trace_file(checkpoint, index))["record"]
             yield json.dumps(record, ensure_ascii=False) + "\n"
 
     _write_jsonl_stream(output_path, lines())
     if not keep_checkpoint:
-        shutil.rmtree(checkpoint)
+        _remove_checkpoint(checkpoint)
     return RunSummary(n_traces, n_reused, n_processed, complete=True, output=output_path)

@@ -86,20 +86,35 @@ def trace_stats(record: OpenMementosRecord, tokenizer, trace_id: str, source: st
 
 
 def labelled_records(paths: Sequence[str | Path], labels: Sequence[str] | None = None):
-    """Yield (record, trace id, source label) for every record of OpenMementos files (label default: stem)."""
+    """Yield (record, trace id, source label, file) for every record of OpenMementos files (label default:
+    stem). A file without records is an error naming it."""
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} files: give one label per file")
     for k, path in enumerate(paths):
         path = Path(path)
         label = labels[k] if labels else path.stem
         records = read_openmementos(path)
+        if not records:
+            raise ValueError(f"{path}: no records (an empty file?)")
         for i, record in enumerate(records):
             fallback = path.stem if len(records) == 1 else f"{path.stem}:{i}"
-            yield record, record_id(record, fallback), label
+            yield record, record_id(record, fallback), label, path
+
+
+def _each_record(paths, labels, measure):
+    """`measure(record, trace_id, label)` for every record; its errors name the file and trace."""
+    out = []
+    for record, trace_id, label, path in labelled_records(paths, labels):
+        try:
+            out.append(measure(record, trace_id, label))
+        except ValueError as err:
+            raise ValueError(f"{path}, trace {trace_id}: {err}") from err
+    return out
 
 
 def stats_of_files(paths: Sequence[str | Path], tokenizer, labels: Sequence[str] | None = None) -> list[TraceStats]:
     """`trace_stats` for every record of OpenMementos files; `source` is the file's label (default: stem)."""
-    return [trace_stats(record, tokenizer, trace_id, label)
-            for record, trace_id, label in labelled_records(paths, labels)]
+    return _each_record(paths, labels, lambda record, trace_id, label: trace_stats(record, tokenizer, trace_id, label))
 
 
 def block_frame(stats: Sequence[TraceStats]):
@@ -196,7 +211,7 @@ def kv_compare(record: OpenMementosRecord, tokenizer, trace_id: str, source: str
 
 def kv_of_files(paths: Sequence[str | Path], tokenizer, labels: Sequence[str] | None = None) -> list[KVComparison]:
     """`kv_compare` for every record of OpenMementos files."""
-    return [kv_compare(record, tokenizer, trace_id, label) for record, trace_id, label in labelled_records(paths, labels)]
+    return _each_record(paths, labels, lambda record, trace_id, label: kv_compare(record, tokenizer, trace_id, label))
 
 
 def plot_kv(comparisons: Sequence[KVComparison], path: str | Path, caption: str = "") -> Path:

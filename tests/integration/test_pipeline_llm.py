@@ -30,17 +30,30 @@ class _Server(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve(respond):
-    """Run `respond(body, n) -> (status, text)` behind POST /v1/chat/completions; yields (base_url, requests)."""
+def serve(respond, redirect_to=None):
+    """Run `respond(body, n) -> (status, text)` behind POST /v1/chat/completions; yields (base_url, requests).
+
+    With `redirect_to`, every request is answered 302 with that Location instead (urllib would follow it
+    as a GET, with the Authorization header)."""
     requests, lock = [], threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        def _handle(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b"{}"
+            body = json.loads(raw)
             with lock:
-                requests.append({"path": self.path, "body": body})
+                requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                 n = len(requests)
+            if redirect_to is not None:
+                self.send_response(302)
+                self.send_header("Location", redirect_to)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             status, text = respond(body, n)
+            if callable(text):
+                text = text(dict(self.headers))
             reply = {"choices": [{"message": {"role": "assistant", "content": text}}]}
             payload = json.dumps(reply) if status == 200 else text
             data = payload.encode()
@@ -49,6 +62,8 @@ def serve(respond):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        do_POST = do_GET = _handle
 
         def log_message(self, *args):
             pass
@@ -149,6 +164,28 @@ def test_timeouts_are_retried_then_reported():
             client(url, [], timeout_s=0.2, max_retries=1).chat([{"role": "user", "content": "hi"}])
         assert len(requests) == 2
     assert time.monotonic() - start < 4
+
+
+def test_the_api_key_never_follows_a_redirect_and_never_appears_in_errors(monkeypatch):
+    monkeypatch.setenv("LEAKAGE_TEST_KEY", "sk-secret-123")
+    keyed = lambda url: ChatClient(LLMConfig(base_url=url, model="m", api_key_env="LEAKAGE_TEST_KEY",  # noqa: E731
+                                             timeout_s=5.0, backoff_s=0.01), sleep=lambda s: None)
+    with serve(lambda body, n: (200, "stolen")) as (elsewhere, stolen):  # another origin (another port)
+        with serve(None, redirect_to=elsewhere + "/chat/completions") as (url, requests):
+            with pytest.raises(LLMError, match="redirect to .* not followed") as err:
+                keyed(url).chat([{"role": "user", "content": "hi"}])
+        assert requests[0]["headers"]["Authorization"] == "Bearer sk-secret-123"  # the configured host got it
+        assert stolen == [], "the client followed the redirect"
+    assert "sk-secret-123" not in str(err.value)
+    echo = lambda headers: f'{{"error": "invalid key {headers["Authorization"]}"}}'  # noqa: E731
+    with serve(lambda body, n: (401, echo)) as (url, requests):
+        with pytest.raises(LLMError, match=r"HTTP 401 .*invalid key Bearer \*\*\*") as err:
+            keyed(url).chat([{"role": "user", "content": "hi"}])
+    assert "sk-secret-123" not in str(err.value)
+    with serve(lambda body, n: (503, echo)) as (url, requests):
+        with pytest.raises(LLMError, match="failed after") as err:
+            keyed(url).chat([{"role": "user", "content": "hi"}])
+    assert "sk-secret-123" not in str(err.value)
 
 
 def test_unreachable_server():

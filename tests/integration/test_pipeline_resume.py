@@ -78,7 +78,7 @@ def test_resume_with_the_fixture_trace(fixtures_dir, tmp_path):
     assert [event[1:] for event in seen] == [("s0", True), (fixture["task_id"], False), ("s2", False)]
 
 
-def test_checkpoint_refuses_other_settings_or_input(tmp_path):
+def test_checkpoint_refuses_other_settings_and_redoes_changed_records(tmp_path):
     source = tmp_path / "in.jsonl"
     write_jsonl(source, [synthetic_record(f"s{i}", i) for i in range(2)])
     tokenizer = train_stand_in_tokenizer(corpus_texts([source]), vocab_size=512)
@@ -88,6 +88,44 @@ def test_checkpoint_refuses_other_settings_or_input(tmp_path):
     other = PipelineConfig(segment=SegmentConfig(min_block_tokens=100, score_mean="blocks"))
     with pytest.raises(CheckpointMismatchError, match="different settings"):
         run(source, out, tokenizer, config=other)
-    write_jsonl(source, [synthetic_record(f"s{i}", i) for i in range(3)])
-    with pytest.raises(CheckpointMismatchError, match="different input sha256"):
+    # the user fixes (here: changes) the first record and adds one: only the unchanged work is reused
+    write_jsonl(source, [synthetic_record("s0", 7), synthetic_record("s1", 1), synthetic_record("s2", 2)])
+    summary = run(source, out, tokenizer)
+    assert summary.complete and (summary.n_reused, summary.n_processed) == (0, 3)
+    fresh = tmp_path / "fresh.jsonl"
+    run(source, fresh, tokenizer)
+    assert out.read_bytes() == fresh.read_bytes()
+
+
+def test_checkpoint_cleanup_deletes_only_what_the_pipeline_wrote(tmp_path):
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [synthetic_record("s0", 0)])
+    tokenizer = train_stand_in_tokenizer(corpus_texts([source]), vocab_size=512)
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(CheckpointMismatchError, match="holds files the pipeline did not write.*notes.txt"):
+        run(source, tmp_path / "out.jsonl", tokenizer, checkpoint_dir=mine)
+    assert (mine / "notes.txt").read_text() == "precious" and not (tmp_path / "out.jsonl").exists()
+    with pytest.raises(CheckpointMismatchError, match="did not write"):  # '--checkpoint .': the input is there
+        run(source, tmp_path / "out.jsonl", tokenizer, checkpoint_dir=tmp_path)
+    assert source.is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(source, tmp_path / "out.jsonl", tokenizer, checkpoint_dir=empty).complete
+    assert not empty.exists() and (tmp_path / "out.jsonl").is_file()  # it was ours, and left empty
+    with pytest.raises(ValueError, match="is the input file"):
+        run(source, source, tokenizer)
+    assert source.read_text().startswith("{")
+
+
+def test_a_corrupt_checkpoint_entry_names_its_file(tmp_path):
+    source = tmp_path / "in.jsonl"
+    write_jsonl(source, [synthetic_record(f"s{i}", i) for i in range(2)])
+    tokenizer = train_stand_in_tokenizer(corpus_texts([source]), vocab_size=512)
+    out = tmp_path / "out.jsonl"
+    run(source, out, tokenizer, max_new_traces=1)
+    entry = tmp_path / "out.jsonl.checkpoint" / "traces" / "00000" / "00000000.json"
+    entry.write_text('{"trace_id": "s0", "rec')
+    with pytest.raises(CheckpointMismatchError, match="00000000.json: corrupt checkpoint file"):
         run(source, out, tokenizer)

@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,10 +86,31 @@ def test_training_batches_are_causal(tiny):
     assert torch.equal(a[:, :20], b[:, :20]) and not torch.equal(a[:, 20:], b[:, 20:])
 
 
-def test_resume_refuses_a_different_config(tmp_path):
-    train(RunConfig(task=TASK, preset=SMOKE, stages=(1,)), tmp_path)
-    with pytest.raises(ValueError, match="different configuration"):
-        train(RunConfig(task=TASK, preset=SMOKE, stages=(1,), seed=9), tmp_path, resume=True)
+def test_a_run_folder_never_mixes_runs(tmp_path):
+    run = RunConfig(task=TASK, preset=SMOKE, stages=(1,))
+    train(run, tmp_path / "run")
+    other = RunConfig(task=TASK, preset=SMOKE, stages=(1,), seed=9)
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="different configuration.*seed"):
+            train(other, tmp_path / "run", resume=resume)
+    with pytest.raises(ValueError, match="already holds this run; pass --resume"):
+        train(run, tmp_path / "run")
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text()
+    done = json.loads((tmp_path / "run" / "stage1" / "done.json").read_text())
+    assert not Path(done["best_checkpoint"]).is_absolute() and done["best_checkpoint"].startswith("stage1/")
+    # a copied run folder resumes from its own checkpoints, from any working directory
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "run")
+    assert train(run, tmp_path / "copy", resume=True) == tmp_path / "copy" / "final"
+    assert (tmp_path / "copy" / "metrics.jsonl").read_text() == metrics  # nothing retrained
+    (tmp_path / "copy" / "mine.txt").write_text("kept")
+    train(other, tmp_path / "copy", overwrite=True)
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["seed"] == 9
+    assert (tmp_path / "copy" / "mine.txt").read_text() == "kept"
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "data.csv").write_text("x")
+    with pytest.raises(ValueError, match="holds no run"):
+        train(run, tmp_path / "foreign")
 
 
 def _free_port() -> int:
