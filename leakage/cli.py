@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leakage.config import EvictionConfig
+from leakage.config import EvictionConfig, ProbeExperiment
 from leakage.flags import add_flags, from_flags
 from leakage.pipeline.cli import add_data_commands
 from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE, TaskConfig
@@ -222,6 +222,44 @@ def _consistency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """The passcode probe on a checkpoint's retained keys/values, every condition and control."""
+    import time
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from leakage.io import atomic_write_text
+    from leakage.model import untrained_like
+    from leakage.probe_data import injected_traces, synthetic_traces
+    from leakage.probing import probe_conditions
+    from leakage.trace import read_openmementos
+
+    start = time.perf_counter()
+    model, tokenizer = _load_checkpoint(args.checkpoint)
+    experiment = from_flags(ProbeExperiment, args)
+    if args.traces:
+        traces = injected_traces(read_openmementos(args.traces), tokenizer, args.n, experiment.passcode_block,
+                                 seed=args.trace_seed, max_blocks=experiment.n_blocks)
+        blocks = min(len(t.positions.blocks) for t in traces)
+        experiment = replace(experiment, n_blocks=blocks)
+    else:
+        task = TaskConfig(task=args.task, n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
+        traces = synthetic_traces(task, tokenizer, args.n, seed=args.trace_seed)
+    rows = probe_conditions(model, tokenizer, traces, experiment, from_flags(EvictionConfig, args),
+                            random_model=untrained_like(model, experiment.seed), log=print)
+    table = pd.DataFrame(rows).assign(command="leakage probe " + " ".join(args.argv),
+                                      checkpoint=str(args.checkpoint), n_traces=len(traces))
+    shown = table[["condition", "distance", "site", "layer", "accuracy", "ci95_low", "ci95_high", "paper_toy"]]
+    with pd.option_context("display.width", 200, "display.max_rows", 200, "display.precision", 3):
+        print(shown.to_string(index=False))
+    print(f"{len(traces)} traces, {len(rows)} probes in {time.perf_counter() - start:.0f} s")
+    if args.out:
+        atomic_write_text(args.out, table.drop(columns=["per_digit"]).to_csv(index=False))
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     """Train, evaluate and measure the toy Memento models; write figures/ (see leakage.reproduce)."""
     import time
@@ -305,6 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(consistency, EvictionConfig, skip=("summary_end_sees_block", "max_block_tokens"))
     consistency.add_argument("--out", help="write the report as JSON here")
     consistency.set_defaults(func=_consistency)
+
+    probe = sub.add_parser("probe", help="passcode probe on retained keys/values: conditions, controls, layers")
+    probe.add_argument("checkpoint", help="local HF checkpoint directory (its tokenizer has the Memento tokens)")
+    probe.add_argument("--task", choices=TASKS, default="digits", help="synthetic traces of this task")
+    probe.add_argument("--traces", help="OpenMementos JSON/JSONL: real traces with an injected passcode instead")
+    probe.add_argument("--n", type=int, default=22_000, help="traces (the paper: 50K; 20K at least)")
+    probe.add_argument("--trace-seed", type=int, default=0)
+    add_flags(probe, ProbeExperiment, rename={"n_blocks": "blocks"})
+    add_flags(probe, EvictionConfig, skip=("restart", "max_block_tokens", "summary_end_sees_block"))
+    probe.add_argument("--out", help="write every probe's row as CSV here")
+    probe.set_defaults(func=_probe)
 
     repro = sub.add_parser("reproduce", help="the main job: train, evaluate and measure the toy Memento models")
     repro.add_argument("--preset", default="fast", help="training preset: smoke, fast (default) or paper")

@@ -102,3 +102,25 @@ EVICTION_PRESETS: dict[str, EvictionConfig] = {
     "restart": EvictionConfig(keep_last_n_blocks=0, restart=True),
     "memento_summary_end_sees_block": EvictionConfig(keep_last_n_blocks=0, summary_end_sees_block=True),
 }
+
+
+@dataclass(frozen=True)
+class ProbeExperiment:
+    """What one probing run measures.
+
+    n_blocks: blocks per trace (sites run up to the last block).
+    passcode_block: the block holding the passcode (k).
+    kind: probe kind (mlp or linear).
+    pooling: concat (per-token), mean or last.
+    per_layer: also fit every layer alone (direct and masked d=1).
+    mdl: also measure the online codelength (MDL) of the masked d=1 task and of its control task.
+    seed: probe seed (splits and initialisation).
+    """
+
+    n_blocks: int = 10
+    passcode_block: int = 1
+    kind: str = "mlp"
+    pooling: str = "concat"
+    per_layer: bool = True
+    mdl: bool = True
+    seed: int = 0

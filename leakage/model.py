@@ -177,3 +177,11 @@ def missing_memento_tokens(tokenizer) -> list[str]:
 def count_parameters(model) -> int:
     """Number of distinct parameters (tied weights counted once)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def untrained_like(model, seed: int = 0):
+    """A freshly initialised model of `model`'s architecture and config (same vocabulary), eval mode:
+    the random-init control of an experiment."""
+    torch.manual_seed(seed)
+    fresh = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32, attn_implementation="eager")
+    return fresh.eval()

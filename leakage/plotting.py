@@ -66,3 +66,57 @@ def plot_training_curves(records: list[dict], path: str | Path, title: str = "")
 def _present(value) -> bool:
     """Not missing: None and NaN (a table cell a record did not have) are missing."""
     return value is not None and value == value
+
+
+def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Probe accuracy by condition, all layers (the paper's Fig. 10), with 95% intervals and chance,
+    and accuracy against distance from the passcode block (Fig. 13, distance panel)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    bars = [r for r in rows if r["layer"] == "all" and r.get("timing", "engine") == "engine"
+            and not (r["condition"] == "masked" and r["distance"] != 1)]
+    labels = [r["condition"] + ("" if r["condition"] not in ("masked", "direct") else f" d={r['distance']}")
+              for r in bars]
+    acc = [r["accuracy"] for r in bars]
+    err = [[a - r["ci95_low"] for a, r in zip(acc, bars)], [r["ci95_high"] - a for a, r in zip(acc, bars)]]
+    left.bar(range(len(bars)), acc, yerr=err, color="tab:blue", capsize=2)
+    left.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    left.set_xticks(range(len(bars)), labels, rotation=45, ha="right", fontsize=7)
+    left.set_ylabel("mean digit accuracy")
+    left.legend(frameon=False)
+    curve = sorted((r["distance"], r) for r in rows if r["layer"] == "all" and r["condition"] in
+                   ("causal_control", "direct", "masked") and r.get("timing", "engine") == "engine")
+    xs = [d for d, _ in curve]
+    right.errorbar(xs, [r["accuracy"] for _, r in curve], fmt="o-",
+                   yerr=[[r["accuracy"] - r["ci95_low"] for _, r in curve],
+                         [r["ci95_high"] - r["accuracy"] for _, r in curve]], label="ours")
+    paper = [(r["distance"], r["paper_toy"]) for _, r in curve if r.get("paper_toy") == r.get("paper_toy")
+             and r.get("paper_toy") is not None]
+    if paper:
+        right.plot(*zip(*paper), "s", color="tab:red", label="paper (toy)")
+    right.axhline(0.1, color="grey", ls="--", lw=1)
+    right.set_xlabel("distance from the passcode block (blocks; -1 = causal control)")
+    right.set_ylabel("mean digit accuracy")
+    right.legend(frameon=False)
+    fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_probe_layers(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Probe accuracy per layer, direct vs masked (the paper's Table 4 as a figure), with 95% intervals."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for condition, color in (("direct", "tab:green"), ("masked", "tab:blue")):
+        points = sorted((int(r["layer"]), r) for r in rows if r["condition"] == condition
+                        and str(r["layer"]).isdigit() and r.get("timing", "engine") == "engine")
+        if points:
+            ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt="o-", color=color,
+                        yerr=[[r["accuracy"] - r["ci95_low"] for _, r in points],
+                              [r["ci95_high"] - r["accuracy"] for _, r in points]], label=condition, capsize=2)
+    ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("mean digit accuracy")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    return save_figure(fig, path)

@@ -1,0 +1,92 @@
+"""Probes on planted and noise data: they find what is there, report chance when nothing is, never
+split a passcode across train and validation, and the controls (control task, shuffled labels, MDL)
+tell reading from memorising."""
+
+import numpy as np
+import pytest
+import torch
+
+from leakage.probe import (ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels,
+                           split_groups)
+
+N, D = 3000, 5
+FAST = ProbeConfig(n_bootstrap=400)
+
+
+def passcodes(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 10 ** D, size=n // 2).repeat(2)  # two traces per passcode: groups matter
+    labels = torch.tensor([[int(c) for c in f"{code:05d}"] for code in codes])
+    return labels, torch.as_tensor(codes)
+
+
+def planted(labels, noise=0.2, extra=0, seed=0):
+    """Features holding each digit one-hot, plus Gaussian noise, plus `extra` pure-noise columns."""
+    g = torch.Generator().manual_seed(seed)
+    onehot = torch.nn.functional.one_hot(labels, 10).float().flatten(1)  # (N, 50)
+    x = onehot + noise * torch.randn(onehot.shape, generator=g)
+    return torch.cat([x, torch.randn(len(x), extra, generator=g)], 1) if extra else x
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_planted_labels_are_read_and_noise_is_chance(kind):
+    labels, groups = passcodes()
+    found = fit_probe(planted(labels), labels, groups, kind=kind, config=FAST)  # Bayes-optimal: 99.8%
+    assert found.accuracy > 0.95 and found.ci95[0] > 0.93 and len(found.per_digit) == D
+    noise = fit_probe(torch.randn(N, 64, generator=torch.Generator().manual_seed(1)), labels, groups, kind=kind,
+                      config=FAST)
+    assert noise.ci95[0] <= 0.1 <= noise.ci95[1] and noise.chance == 0.1
+
+
+def test_no_passcode_on_both_sides_of_any_split():
+    labels, groups = passcodes()
+    result = fit_probe(planted(labels), labels, groups, kind="linear", config=FAST)
+    val = set(groups[result.val_rows].tolist())
+    rest = np.setdiff1d(np.arange(N), result.val_rows)
+    assert not val & set(groups[rest].tolist())
+    assert result.n_train + result.n_early_stop + result.n_val == N
+    fit, held = split_groups(groups, 0.3, seed=4)
+    assert not set(groups[fit].tolist()) & set(groups[held].tolist())
+    with pytest.raises(ValueError, match="groups cannot be split"):
+        split_groups(torch.zeros(10), 0.5, 0)
+
+
+def test_control_task_and_shuffled_labels_are_at_chance_where_the_task_is_not():
+    labels, groups = passcodes()
+    x = planted(labels)
+    task = fit_probe(x, labels, groups, kind="mlp", config=FAST)
+    control = fit_probe(x, control_labels(groups, D, seed=3), groups, kind="mlp", config=FAST)
+    shuffled = fit_probe(x, shuffled_labels(labels, groups, seed=3), groups, kind="mlp", config=FAST)
+    # ~600 validation traces x 5 digits: chance +- 0.02 is more than 3 standard errors
+    assert abs(control.accuracy - 0.1) < 0.02 and task.accuracy - control.accuracy > 0.8
+    assert abs(shuffled.accuracy - 0.1) < 0.02
+    assert (control_labels(groups, D, 3)[0] == control_labels(groups, D, 3)[1]).all()  # a function of the group
+
+
+def test_uninformative_features_cost_the_linear_probe_little():
+    labels, groups = passcodes()
+    alone = fit_probe(planted(labels, noise=1.0), labels, groups, kind="linear", config=FAST)  # a weak signal ...
+    diluted = fit_probe(planted(labels, noise=1.0, extra=50), labels, groups, kind="linear", config=FAST)  # ... + noise
+    assert 0.2 < alone.accuracy < 0.95  # the Bayes-optimal accuracy of this signal is about 0.3
+    assert diluted.ci95[1] >= alone.accuracy - 0.03
+
+
+def test_mdl_separates_extractable_information_from_noise():
+    labels, groups = passcodes()
+    easy = mdl_codelength(planted(labels), labels, groups, kind="linear", config=FAST)
+    noise = mdl_codelength(torch.randn(N, 50, generator=torch.Generator().manual_seed(2)), labels, groups,
+                           kind="linear", config=FAST)
+    assert easy.compression > 3 and 0.8 < noise.compression < 1.1
+    assert easy.uniform_bits == pytest.approx(noise.uniform_bits)
+
+
+def test_bad_inputs_are_named():
+    labels, groups = passcodes(100)
+    with pytest.raises(ValueError, match="digits 0..9"):
+        fit_probe(torch.randn(100, 4), labels + 10, groups)
+    with pytest.raises(ValueError, match="must match"):
+        fit_probe(torch.randn(99, 4), labels, groups)
+    with pytest.raises(ValueError, match="NaN"):
+        fit_probe(torch.full((100, 4), float("nan")), labels, groups)
+    with pytest.raises(ValueError, match="probe kind"):
+        ProbeConfig(kind="forest")
