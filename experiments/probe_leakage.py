@@ -31,6 +31,7 @@ from leakage.tasks import TaskConfig
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/digits-fast/final")
+    parser.add_argument("--task", default="digits", help="the synthetic task whose traces are probed")
     parser.add_argument("--name", default="digits_fast")
     parser.add_argument("--n", type=int, default=22_000)
     parser.add_argument("--kind", default="mlp")
@@ -41,7 +42,7 @@ def main() -> None:
     started = time.perf_counter()
     model, tokenizer = load_model(args.checkpoint)
     experiment = ProbeExperiment(kind=args.kind)
-    task = TaskConfig(task="digits", n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
+    task = TaskConfig(task=args.task, n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
     traces = synthetic_traces(task, tokenizer, args.n)
     rows = probe_conditions(model, tokenizer, traces, experiment, EvictionConfig(),
                             random_model=untrained_like(model, experiment.seed), log=print)

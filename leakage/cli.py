@@ -285,6 +285,11 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_task_flags(parser: argparse.ArgumentParser) -> None:
+    """TaskConfig flags of commands that evaluate (the paper's fixed blocks: no training curriculum)."""
+    add_flags(parser, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leakage", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
@@ -329,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--n", type=int, default=256, help="validation examples")
     evaluate.add_argument("--seed", type=int, default=1)
-    add_flags(evaluate, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+    _evaluation_task_flags(evaluate)
     add_flags(evaluate, EvictionConfig, skip=("restart", "max_block_tokens"))
     evaluate.add_argument("--out", help="write the results as JSON here")
     evaluate.set_defaults(func=_eval)
@@ -339,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     consistency.add_argument("checkpoint", help="local HF checkpoint directory")
     consistency.add_argument("--n", type=int, default=32, help="validation traces of the task")
     consistency.add_argument("--seed", type=int, default=1)
-    add_flags(consistency, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+    _evaluation_task_flags(consistency)
     add_flags(consistency, EvictionConfig, skip=("summary_end_sees_block", "max_block_tokens"))
     consistency.add_argument("--out", help="write the report as JSON here")
     consistency.set_defaults(func=_consistency)

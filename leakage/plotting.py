@@ -68,6 +68,11 @@ def _present(value) -> bool:
     return value is not None and value == value
 
 
+def _ci_errors(rows: list[dict]) -> list[list[float]]:
+    """Error-bar lengths [below, above] of each row's accuracy from its 95% interval."""
+    return [[r["accuracy"] - r["ci95_low"] for r in rows], [r["ci95_high"] - r["accuracy"] for r in rows]]
+
+
 def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Probe accuracy by condition, all layers (the paper's Fig. 10), with 95% intervals and chance,
     and accuracy against distance from the passcode block (Fig. 13, distance panel)."""
@@ -77,19 +82,15 @@ def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -
             and not (r["condition"] == "masked" and r["distance"] != 1)]
     labels = [r["condition"] + ("" if r["condition"] not in ("masked", "direct") else f" d={r['distance']}")
               for r in bars]
-    acc = [r["accuracy"] for r in bars]
-    err = [[a - r["ci95_low"] for a, r in zip(acc, bars)], [r["ci95_high"] - a for a, r in zip(acc, bars)]]
-    left.bar(range(len(bars)), acc, yerr=err, color="tab:blue", capsize=2)
+    left.bar(range(len(bars)), [r["accuracy"] for r in bars], yerr=_ci_errors(bars), color="tab:blue", capsize=2)
     left.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
     left.set_xticks(range(len(bars)), labels, rotation=45, ha="right", fontsize=7)
     left.set_ylabel("mean digit accuracy")
     left.legend(frameon=False)
     curve = sorted((r["distance"], r) for r in rows if r["layer"] == "all" and r["condition"] in
                    ("causal_control", "direct", "masked") and r.get("timing", "engine") == "engine")
-    xs = [d for d, _ in curve]
-    right.errorbar(xs, [r["accuracy"] for _, r in curve], fmt="o-",
-                   yerr=[[r["accuracy"] - r["ci95_low"] for _, r in curve],
-                         [r["ci95_high"] - r["accuracy"] for _, r in curve]], label="ours")
+    right.errorbar([d for d, _ in curve], [r["accuracy"] for _, r in curve], fmt="o-",
+                   yerr=_ci_errors([r for _, r in curve]), label="ours")
     paper = [(r["distance"], r["paper_toy"]) for _, r in curve if r.get("paper_toy") == r.get("paper_toy")
              and r.get("paper_toy") is not None]
     if paper:
@@ -112,9 +113,10 @@ def plot_probe_layers(rows: list[dict], path: str | Path, title: str = "") -> Pa
                         and str(r["layer"]).isdigit() and r.get("timing", "engine") == "engine")
         if points:
             ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt="o-", color=color,
-                        yerr=[[r["accuracy"] - r["ci95_low"] for _, r in points],
-                              [r["ci95_high"] - r["accuracy"] for _, r in points]], label=condition, capsize=2)
+                        yerr=_ci_errors([r for _, r in points]), label=condition, capsize=2)
     ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    layers = sorted({int(r["layer"]) for r in rows if str(r["layer"]).isdigit()})
+    ax.set_xticks(layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("mean digit accuracy")
     ax.set_title(title)

@@ -147,10 +147,6 @@ class EvictionSchedule:
     evictions: tuple[Eviction, ...]
     recomputes: tuple[Recompute, ...]
 
-    def evicted_before(self, position: int) -> list[Eviction]:
-        """Evictions in effect for the query at `position`."""
-        return [e for e in self.evictions if e.before <= position]
-
 
 def eviction_schedule(spans: TraceSpans, config: EvictionConfig) -> EvictionSchedule:
     """All eviction and restart events of one parsed sequence under `config`. O(T)."""
