@@ -95,7 +95,7 @@ def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_patte
 @torch.no_grad()
 def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequence[str] = ("keys", "values"), *,
             prompt_len: int | Sequence[int | None] | None = None,
-            positions: Sequence[TracePositions] | None = None) -> Captured:
+            positions: Sequence[TracePositions] | None = None, prefix_only: bool = False) -> Captured:
     """One memento-masked forward over a right-padded batch; activations `at` the named `sites`.
 
     Args:
@@ -106,6 +106,9 @@ def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequ
         prompt_len: per-row prompt lengths for the parse (default: up to `<think>`).
         positions: per-row `TracePositions` (e.g. `Example.positions`) to resolve task-declared parts;
             default: each row's structural parts from its own parse.
+        prefix_only: forward only the batch's positions up to its last site position (the mask is the
+            full sequence's, cut to that prefix: every captured activation is the same, since nothing
+            at a position depends on later ones); `logits` then cover that prefix only.
     Raises `KeyError` naming the row and site when a row lacks a site.
     """
     unknown = set(at) - set(ACTIVATIONS)
@@ -128,6 +131,10 @@ def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequ
         ids[b, :len(r)] = torch.tensor(r)
         real[b, :len(r)] = True
     mask = additive_mask(memento_mask(ids, tokenizer, config=config, padding_mask=real, prompt_len=list(lens)))
+    where = {name: _site_positions(positions, site) for name, site in named.items()}  # (B, P), -1 = none
+    if prefix_only:
+        T = 1 + max([int(w.max()) for w in where.values() if w.numel()] + [0])
+        ids, mask = ids[:, :T], mask[..., :T, :T]
     position_ids = torch.arange(T)[None].expand(B, T)
     cache = DynamicCache(config=hf_module(model).config)
     logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at)
@@ -135,20 +142,10 @@ def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequ
     keys = torch.stack([layer.keys for layer in cache_layers(cache)], 1)  # (B, L, kv_heads, T, d_head)
     values = torch.stack([layer.values for layer in cache_layers(cache)], 1)
     out = Captured(sites=named, positions={}, valid={}, keys={}, values={}, resid_pre={}, pattern={}, logits=logits)
-    for name, site in named.items():
-        per_row = []
-        for b, row_positions in enumerate(positions):
-            try:
-                per_row.append(row_positions.select(site))
-            except KeyError as err:
-                raise KeyError(f"row {b}: {err.args[0]}") from None
-        P = max(len(p) for p in per_row)
-        where = torch.full((B, P), -1, dtype=torch.long)
-        for b, p in enumerate(per_row):
-            where[b, :len(p)] = torch.tensor(p, dtype=torch.long)
-        valid = where >= 0
-        index = where.clamp(min=0)  # (B, P); invalid slots read position 0 and are zeroed below
-        out.positions[name], out.valid[name] = where, valid
+    for name in named:
+        valid = where[name] >= 0
+        index = where[name].clamp(min=0)  # (B, P); invalid slots read position 0 and are zeroed below
+        out.positions[name], out.valid[name] = where[name], valid
         if "keys" in at:
             out.keys[name] = _gather(keys, index, valid, position_axis=3)
         if "values" in at:
@@ -158,6 +155,20 @@ def capture(model, tokenizer, sequences, config: EvictionConfig, sites, at: Sequ
         if "pattern" in at:
             out.pattern[name] = _gather(torch.stack(pattern, 1), index, valid, position_axis=3)
     return out
+
+
+def _site_positions(positions: Sequence[TracePositions], site: Site) -> torch.Tensor:
+    """(B, P) long: each row's positions of `site`, right-padded with -1."""
+    per_row = []
+    for b, row_positions in enumerate(positions):
+        try:
+            per_row.append(row_positions.select(site))
+        except KeyError as err:
+            raise KeyError(f"row {b}: {err.args[0]}") from None
+    where = torch.full((len(per_row), max(len(p) for p in per_row)), -1, dtype=torch.long)
+    for b, p in enumerate(per_row):
+        where[b, :len(p)] = torch.tensor(p, dtype=torch.long)
+    return where
 
 
 def _gather(tensor: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, position_axis: int) -> torch.Tensor:

@@ -223,21 +223,26 @@ def _consistency(args: argparse.Namespace) -> int:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    """The passcode probe on a checkpoint's retained keys/values, every condition and control."""
+    """The passcode probe on a checkpoint's retained keys/values: every condition and control, the keep
+    sweep and (for a `leakage train` run) the checkpoint sweep; CSV and figures."""
     import time
-    from dataclasses import replace
+    from dataclasses import asdict, replace
+    from pathlib import Path
 
     import pandas as pd
 
-    from leakage.io import atomic_write_text
-    from leakage.model import untrained_like
+    from leakage.io import atomic_write_json, atomic_write_text
+    from leakage.plotting import plot_probe_conditions, plot_probe_layers, plot_probe_sweeps
+    from leakage.probe import ProbeConfig
     from leakage.probe_data import injected_traces, synthetic_traces
-    from leakage.probing import probe_conditions
+    from leakage.probing import is_training_run_final, probe_experiment
+    from leakage.tasks import make_example
     from leakage.trace import read_openmementos
 
     start = time.perf_counter()
     model, tokenizer = _load_checkpoint(args.checkpoint)
     experiment = from_flags(ProbeExperiment, args)
+    examples = None
     if args.traces:
         traces = injected_traces(read_openmementos(args.traces), tokenizer, args.n, experiment.passcode_block,
                                  seed=args.trace_seed, max_blocks=experiment.n_blocks)
@@ -246,17 +251,39 @@ def _probe(args: argparse.Namespace) -> int:
     else:
         task = TaskConfig(task=args.task, n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
         traces = synthetic_traces(task, tokenizer, args.n, seed=args.trace_seed)
-    rows = probe_conditions(model, tokenizer, traces, experiment, from_flags(EvictionConfig, args),
-                            random_model=untrained_like(model, experiment.seed), log=print)
-    table = pd.DataFrame(rows).assign(command="leakage probe " + " ".join(args.argv),
-                                      checkpoint=str(args.checkpoint), n_traces=len(traces))
+        if experiment.checkpoints and not is_training_run_final(args.checkpoint):
+            print(f"{args.checkpoint} is not the final/ model of a `leakage train` run: checkpoint sweep skipped")
+        examples = [make_example(task, tokenizer, 1, i, "val") for i in range(args.n_eval)]
+    phases = []
+
+    def log(message: str) -> None:
+        phases.append({"seconds": round(time.perf_counter() - start, 1), "phase": message})
+        print(f"[{phases[-1]['seconds']:6.0f} s] {message}")
+
+    log(f"{len(traces)} traces ready")
+    rows = probe_experiment(model, tokenizer, traces, experiment, from_flags(EvictionConfig, args),
+                            checkpoint=args.checkpoint, examples=examples, task=args.task, log=log)
+    command = "leakage probe " + " ".join(args.argv)
+    table = pd.DataFrame(rows).assign(command=command, n_traces=len(traces))
+    probed = str(args.checkpoint)  # the sweep's rows name their own checkpoint
+    table["checkpoint"] = table["checkpoint"].fillna(probed) if "checkpoint" in table else probed
     shown = table[["condition", "distance", "site", "layer", "accuracy", "ci95_low", "ci95_high", "paper_toy"]]
-    with pd.option_context("display.width", 200, "display.max_rows", 200, "display.precision", 3):
+    with pd.option_context("display.width", 200, "display.max_rows", 300, "display.precision", 3):
         print(shown.to_string(index=False))
     print(f"{len(traces)} traces, {len(rows)} probes in {time.perf_counter() - start:.0f} s")
     if args.out:
-        atomic_write_text(args.out, table.drop(columns=["per_digit"]).to_csv(index=False))
-        print(f"wrote {args.out}")
+        out = Path(args.out)
+        atomic_write_text(out, table.drop(columns=["per_digit"]).to_csv(index=False))
+        atomic_write_json(out.with_suffix(".json"), {
+            "command": command, "checkpoint": str(args.checkpoint), "n_traces": len(traces),
+            "experiment": asdict(experiment), "eviction": asdict(from_flags(EvictionConfig, args)),
+            "probe": asdict(ProbeConfig(kind=experiment.kind)), "wall_seconds": time.perf_counter() - start,
+            "phases": phases})
+        title = f"passcode probe ({experiment.kind}), {args.checkpoint}, {len(traces):,} traces"
+        figures = [plot_probe_conditions(rows, out.with_name(out.stem + "_conditions.png"), title=title),
+                   plot_probe_layers(rows, out.with_name(out.stem + "_layers.png"), title=title),
+                   plot_probe_sweeps(rows, out.with_name(out.stem + "_sweeps.png"), title=title)]
+        print(f"wrote {out}, " + ", ".join(str(f) for f in figures))
     return 0
 
 
@@ -355,9 +382,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--traces", help="OpenMementos JSON/JSONL: real traces with an injected passcode instead")
     probe.add_argument("--n", type=int, default=22_000, help="traces (the paper: 50K; 20K at least)")
     probe.add_argument("--trace-seed", type=int, default=0)
+    probe.add_argument("--n-eval", type=int, default=256,
+                       help="validation examples for each checkpoint's task accuracy (checkpoint sweep)")
     add_flags(probe, ProbeExperiment, rename={"n_blocks": "blocks"})
     add_flags(probe, EvictionConfig, skip=("restart", "max_block_tokens", "summary_end_sees_block"))
-    probe.add_argument("--out", help="write every probe's row as CSV here")
+    probe.add_argument("--out", help="write every probe's row as CSV here, and its figures beside it")
     probe.set_defaults(func=_probe)
 
     repro = sub.add_parser("reproduce", help="the main job: train, evaluate and measure the toy Memento models")

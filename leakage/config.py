@@ -114,6 +114,10 @@ class ProbeExperiment:
     pooling: concat (per-token), mean or last.
     per_layer: also fit every layer alone (direct and masked d=1).
     mdl: also measure the online codelength (MDL) of the masked d=1 task and of its control task.
+    precision: also capture with the model in bfloat16 (the engine's precision).
+    max_keep: the keep_last_n_blocks sweep runs 1 .. max_keep (0: no sweep).
+    checkpoints: training checkpoints between step 0 and the final model in the checkpoint sweep
+        (0: no sweep; needs the checkpoint's `leakage train` run folder).
     seed: probe seed (splits and initialisation).
     """
 
@@ -123,4 +127,7 @@ class ProbeExperiment:
     pooling: str = "concat"
     per_layer: bool = True
     mdl: bool = True
+    precision: bool = True
+    max_keep: int = 2
+    checkpoints: int = 4
     seed: int = 0

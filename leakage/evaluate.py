@@ -118,6 +118,12 @@ def answer_accuracy(model, tokenizer, examples: list[Example], config: EvictionC
                                     lambda e: [[p] for p in e.answer_positions])
 
 
+def task_accuracy(model, tokenizer, examples: list[Example], task: str, config: EvictionConfig) -> Accuracy:
+    """The task's teacher-forced score: block accuracy for `digits`, answer-digit accuracy otherwise."""
+    score = block_accuracy_teacher_forced if task == "digits" else answer_accuracy
+    return score(model, tokenizer, examples, config)
+
+
 def evaluate_checkpoint(model, tokenizer, task: TaskConfig, n: int, seed: int = 1,
                         eviction: EvictionConfig = EvictionConfig()) -> dict:
     """Accuracy on `n` validation examples under memento, restart and full-attention decoding.

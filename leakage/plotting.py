@@ -8,7 +8,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from leakage.io import atomic_file  # noqa: E402
 from leakage.kv import KVTrace  # noqa: E402
@@ -73,13 +74,29 @@ def _ci_errors(rows: list[dict]) -> list[list[float]]:
     return [[r["accuracy"] - r["ci95_low"] for r in rows], [r["ci95_high"] - r["accuracy"] for r in rows]]
 
 
+FIG10_CONDITIONS = ("causal_control", "direct", "masked", "control_task", "shuffled_labels", "text_only",
+                    "restart_kv", "restart_kv_direct", "random_init", "random_init_direct", "bf16", "bf16_direct")
+"""The conditions drawn as bars in Fig. 10 (masked at d=1 only)."""
+
+
+def probe_rows(table) -> list[dict]:
+    """A probe CSV (as a DataFrame) back to the rows the plotting functions take: missing cells dropped,
+    layers as ints or "all"."""
+    rows = []
+    for record in table.to_dict("records"):
+        row = {k: v for k, v in record.items() if _present(v)}
+        row["layer"] = row["layer"] if row["layer"] == "all" else int(row["layer"])
+        rows.append(row)
+    return rows
+
+
 def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Probe accuracy by condition, all layers (the paper's Fig. 10), with 95% intervals and chance,
     and accuracy against distance from the passcode block (Fig. 13, distance panel)."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    bars = [r for r in rows if r["layer"] == "all" and r.get("timing", "engine") == "engine"
-            and not (r["condition"] == "masked" and r["distance"] != 1)]
+    bars = [r for r in rows if r["condition"] in FIG10_CONDITIONS and r["layer"] == "all"
+            and r.get("timing", "engine") == "engine" and not (r["condition"] == "masked" and r["distance"] != 1)]
     labels = [r["condition"] + ("" if r["condition"] not in ("masked", "direct") else f" d={r['distance']}")
               for r in bars]
     left.bar(range(len(bars)), [r["accuracy"] for r in bars], yerr=_ci_errors(bars), color="tab:blue", capsize=2)
@@ -121,4 +138,79 @@ def plot_probe_layers(rows: list[dict], path: str | Path, title: str = "") -> Pa
     ax.set_ylabel("mean digit accuracy")
     ax.set_title(title)
     ax.legend(frameon=False)
+    return save_figure(fig, path)
+
+
+def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """The sweeps of one probing run (the paper's Fig. 13 and more), each with 95% intervals and chance:
+    per layer (direct vs masked d=1), distance, training checkpoint (task accuracy beside), retained
+    position kind, keep_last_n_blocks, and the leak spectrum. Panels without rows are left empty."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    engine = [r for r in rows if r.get("timing", "engine") == "engine"]
+
+    def curve(ax, points, label, color, fmt="o-"):
+        points = sorted(points, key=lambda p: p[0])
+        if points:
+            ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt=fmt, color=color,
+                        yerr=_ci_errors([r for _, r in points]), label=label, capsize=2)
+
+    def finish(ax, xlabel, name):
+        ax.axhline(0.1, color="grey", ls="--", lw=1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("mean digit accuracy")
+        ax.set_title(name, fontsize=9)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(frameon=False, fontsize=7)
+
+    ax = axes[0, 0]
+    for condition, color in (("direct", "tab:green"), ("masked", "tab:blue")):
+        curve(ax, [(int(r["layer"]), r) for r in engine if r["condition"] == condition and str(r["layer"]).isdigit()],
+              condition if condition == "direct" else "masked d=1", color)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish(ax, "layer", "(a) layer")
+    ax = axes[0, 1]
+    curve(ax, [(r["distance"], r) for r in engine if r["layer"] == "all" and r["condition"] in
+               ("causal_control", "direct", "masked")], "ours", "tab:blue")
+    paper = [(r["distance"], r["paper_toy"]) for r in engine if r["layer"] == "all" and _present(r.get("paper_toy"))]
+    if paper:
+        ax.plot(*zip(*sorted(paper)), "s", color="tab:red", label="paper (toy)")
+    finish(ax, "distance from the passcode block (-1: causal control)", "(b) distance")
+    ax = axes[0, 2]
+    sweep = [r for r in rows if r["condition"] == "checkpoint"]
+    curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 0], "direct", "tab:green")
+    curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 1], "masked d=1", "tab:blue")
+    if sweep:
+        twin = ax.twinx()
+        task = sorted({(r["step"], r["task_accuracy"], r["task_ci95_low"], r["task_ci95_high"]) for r in sweep})
+        twin.errorbar([t[0] for t in task], [t[1] for t in task], fmt="^:", color="tab:orange",
+                      yerr=[[t[1] - t[2] for t in task], [t[3] - t[1] for t in task]], label="task accuracy")
+        twin.set_ylabel("task accuracy (teacher-forced)", color="tab:orange")
+        twin.set_ylim(0, 1)
+        twin.grid(False)
+    finish(ax, "training step (stage 1, then stage 2)", "(c) training checkpoint")
+    ax = axes[1, 0]
+    kinds = [r for r in rows if r["condition"].startswith("position:")]
+    labels = [r["condition"].split(":")[1].replace("_", "_\n") +
+              ("\n(sees block)" if r.get("timing") == "summary_end_sees_block" else "") for r in kinds]
+    ax.bar(range(len(kinds)), [r["accuracy"] for r in kinds], yerr=_ci_errors(kinds), color="tab:purple", capsize=2)
+    ax.set_xticks(range(len(kinds)), labels, fontsize=7)
+    finish(ax, "retained position of the passcode block", "(d) retained position kind")
+    ax = axes[1, 1]
+    keep = [r for r in rows if r["condition"] == "keep"]
+    for n, color in zip(sorted({r["keep_last_n_blocks"] for r in keep}), ("tab:cyan", "tab:olive", "tab:brown")):
+        curve(ax, [(r["distance"], r) for r in keep if r["keep_last_n_blocks"] == n], f"keep {int(n)}", color)
+    curve(ax, [(r["distance"], r) for r in engine if r["condition"] == "masked" and r["layer"] == "all"
+               and r["distance"] <= 3], "keep 0", "tab:blue")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    finish(ax, "distance from the passcode block", "(e) keep_last_n_blocks")
+    ax = axes[1, 2]
+    for dtype, color in (("float32", "tab:blue"), ("bfloat16", "tab:red")):
+        curve(ax, [(r["relative_std_cutoff"], r) for r in rows if r["condition"] == "spectrum" and r["dtype"] == dtype],
+              dtype, color)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    finish(ax, "directions kept: std >= this x the largest", "(f) leak spectrum, masked d=1")
+    fig.suptitle(title, y=1.0)
+    fig.tight_layout()
     return save_figure(fig, path)

@@ -8,8 +8,16 @@
 * The split: `val_fraction` of the groups for validation; of the rest, `early_stop_fraction` of the
   groups decide early stopping. Validation is touched once, at the end.
 * Probes: the paper's MLP (hidden 512 and 256, a 128 bottleneck, one 10-way head per digit) or a
-  linear probe (one 10-way softmax per digit), on standardised features (train statistics), Adam with
-  an L2 penalty, early stopping on the held-out part of train.
+  linear probe (one 10-way softmax per digit), AdamW, early stopping on the held-out part of train.
+* Features are whitened first (`whiten`, the default): centred, projected on their principal
+  components (fit rows only) and each component scaled to unit variance, dropping components whose
+  standard deviation is below `resolution_ulps` units of float32's resolution relative to the largest
+  (rounding noise). Keys and values are highly redundant (22,000 memento KV vectors of
+  1,536 numbers span ~6 effective dimensions), and the information a probe looks for may sit in a
+  direction of tiny variance: per-feature standardisation (`whiten=False`) leaves a handful of
+  high-variance directions (the memento text) to drown it, and blows up near-constant features'
+  rounding noise to unit variance besides. Whitening gives every direction the features actually vary
+  in the same scale, so adding features (more layers) cannot hide a signal the fewer had.
 * Accuracy is the mean digit accuracy on validation; its 95% interval is a percentile bootstrap over
   validation traces, resampled by group: the digits of one trace, and traces sharing a passcode,
   move together (they are not independent draws).
@@ -38,9 +46,14 @@ class ProbeConfig:
 
     kind: mlp (the paper's) or linear.
     hidden: MLP hidden sizes (the paper: 512, 256, then a 128 bottleneck).
-    learning_rate: Adam step size.
-    weight_decay: L2 penalty on every weight, coupled to the loss (Adam's `weight_decay`): it shrinks
-        the weights of uninformative features, so that more features never hurt much.
+    whiten: whiten the features (module docstring); False: standardise each feature.
+    resolution_ulps: whitening keeps the components whose standard deviation exceeds this many units
+        of float32's resolution (`torch.finfo(torch.float32).eps`) times the largest one's. Features
+        stored at a lower precision (bf16) keep the same cutoff: their rounding noise is independent
+        of the labels, so the directions it dominates can hide a signal but never fake one.
+    learning_rate: AdamW step size.
+    weight_decay: AdamW's decoupled weight decay. (An L2 penalty coupled to Adam's normalised step
+        drives every weight to zero when the data's gradient is weak: exactly the weak-leak case.)
     dropout: dropout after each hidden layer of the MLP.
     batch_size: rows per step.
     max_epochs: passes over the training rows at most.
@@ -52,8 +65,10 @@ class ProbeConfig:
 
     kind: str = "mlp"
     hidden: tuple[int, ...] = (512, 256, 128)
-    learning_rate: float = 3e-3
-    weight_decay: float = 1e-3
+    whiten: bool = True
+    resolution_ulps: float = 10.0
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-2
     dropout: float = 0.1
     batch_size: int = 256
     max_epochs: int = 200
@@ -111,29 +126,71 @@ def split_groups(groups: torch.Tensor, fraction: float, seed: int) -> tuple[np.n
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
-class _Probe(nn.Module):
-    """Standardise, then a linear map or an MLP, to D heads of 10 logits: (N, F) -> (N, D, 10)."""
+def whitening(x: torch.Tensor, resolution: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (F,), projection (F, K)) such that (x - mean) @ projection has identity covariance on `x`
+    (N, F): its principal components with standard deviation above `resolution` times the largest one
+    (K = 0 when `x` is constant: a probe on nothing, which can only learn the label frequencies).
+    Computed in float64 from the eigendecomposition of the covariance (F x F): float64 resolves its
+    eigenvalues far below `resolution`**2 of the largest."""
+    x = x.double()
+    mean = x.mean(0)
+    centred = x - mean
+    variance, vectors = torch.linalg.eigh(centred.T @ centred / max(1, len(x) - 1))
+    std = variance.clamp_min(0).sqrt()
+    keep = std > max(resolution * float(std.max()), torch.finfo(torch.float64).tiny)
+    return mean.float(), (vectors[:, keep] / std[keep]).float()
 
-    def __init__(self, n_features: int, n_digits: int, config: ProbeConfig, mean: torch.Tensor, std: torch.Tensor):
+
+def standardisation(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (F,), scale (F,)): per-feature standardisation."""
+    return x.mean(0), 1 / x.std(0).clamp_min(1e-6)
+
+
+class _Probe(nn.Module):
+    """Whiten (a projection (F, K)) or standardise (a scale (F,)), then a linear map or an MLP, to D heads
+    of 10 logits: (N, F) -> (N, D, 10)."""
+
+    def __init__(self, n_digits: int, config: ProbeConfig, mean: torch.Tensor, projection: torch.Tensor):
         super().__init__()
         self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
+        self.register_buffer("projection", projection)
         layers: list[nn.Module] = []
-        width = n_features
-        if config.kind == "mlp":
+        width = projection.shape[-1]
+        if config.kind == "mlp" and width > 0:
             for size in config.hidden:
                 layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(config.dropout)]
                 width = size
-        layers.append(nn.Linear(width, n_digits * N_CLASSES))
+        layers.append(nn.Linear(width, n_digits * N_CLASSES) if width > 0 else _Bias(n_digits * N_CLASSES))
         self.net = nn.Sequential(*layers)
         self.n_digits = n_digits
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) features -> (N, K) whitened (or standardised) inputs of the net."""
+        centred = x - self.mean
+        return centred @ self.projection if self.projection.dim() == 2 else centred * self.projection
+
+    def logits(self, projected: torch.Tensor) -> torch.Tensor:
+        return self.net(projected).view(len(projected), self.n_digits, N_CLASSES)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).view(len(x), self.n_digits, N_CLASSES)
+        return self.logits(self.project(x))
+
+
+class _Bias(nn.Module):
+    """The probe on zero features: logits that are the same for every row (the label frequencies)."""
+
+    def __init__(self, n_out: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(n_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.expand(len(x), -1)
 
 
 def _check(features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple:
-    features = torch.as_tensor(features, dtype=torch.float32)
+    """Validated (features float32, labels (N, D) long, groups (N,), float32's resolution)."""
+    features = torch.as_tensor(features).float()
+    resolution = torch.finfo(torch.float32).eps
     labels = torch.as_tensor(labels, dtype=torch.long)
     groups = torch.as_tensor(groups)
     if features.dim() != 2:
@@ -147,28 +204,31 @@ def _check(features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -
         raise ValueError(f"labels must be digits 0..9, got values in [{int(labels.min())}, {int(labels.max())}]")
     if not torch.isfinite(features).all():
         raise ValueError("features hold NaN or inf")
-    return features, labels, groups
+    return features, labels, groups, resolution
 
 
-def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int) -> tuple[_Probe, int]:
+def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int,
+           resolution: float) -> tuple[_Probe, int]:
     """Train on `fit_rows`, keep the state with the lowest loss on `stop_rows`; returns (probe, best epoch)."""
     torch.manual_seed(seed)
     x_fit = features[fit_rows]
-    mean, std = x_fit.mean(0), x_fit.std(0).clamp_min(1e-6)
-    probe = _Probe(features.shape[1], labels.shape[1], config, mean, std)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    mean, projection = (whitening(x_fit, config.resolution_ulps * resolution) if config.whiten
+                        else standardisation(x_fit))
+    probe = _Probe(labels.shape[1], config, mean, projection)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     best_loss, best_state, best_epoch, waited = math.inf, None, 0, 0
-    fit_rows = torch.as_tensor(fit_rows)
+    z_fit, y_fit = probe.project(x_fit), labels[fit_rows]  # projected once: the net trains on (n, K)
+    z_stop, y_stop = probe.project(features[stop_rows]), labels[stop_rows]
     for epoch in range(1, config.max_epochs + 1):
         probe.train()
-        for batch in fit_rows[torch.randperm(len(fit_rows), generator=generator)].split(config.batch_size):
-            logits = probe(features[batch])
-            loss = nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), labels[batch].reshape(-1))
+        for batch in torch.randperm(len(z_fit), generator=generator).split(config.batch_size):
+            logits = probe.logits(z_fit[batch])
+            loss = nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), y_fit[batch].reshape(-1))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        loss = _loss(probe, features[stop_rows], labels[stop_rows])
+        loss = _loss(probe, z_stop, y_stop, projected=True)
         if loss < best_loss - 1e-4:
             best_loss, best_epoch, waited = loss, epoch, 0
             best_state = {k: v.clone() for k, v in probe.state_dict().items()}
@@ -181,9 +241,10 @@ def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int
 
 
 @torch.no_grad()
-def _loss(probe: _Probe, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> float:
+def _loss(probe: _Probe, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean", projected: bool = False) -> float:
+    """Cross-entropy (nats) of `y` given features `x` (or, `projected`, the net's inputs)."""
     probe.eval()
-    logits = torch.cat([probe(chunk) for chunk in x.split(4096)])
+    logits = torch.cat([probe.logits(chunk) if projected else probe(chunk) for chunk in x.split(4096)])
     return float(nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), y.reshape(-1), reduction=reduction))
 
 
@@ -209,11 +270,11 @@ def fit_probe(features, labels, groups, kind: str = "mlp", seed: int = 0,
     config = ProbeConfig(kind=kind) if config is None else config
     if config.kind != kind:
         config = ProbeConfig(**{**config.__dict__, "kind": kind})
-    features, labels, groups = _check(features, labels, groups)
+    features, labels, groups, resolution = _check(features, labels, groups)
     rest, val_rows = split_groups(groups, config.val_fraction, seed)
     fit_part, stop_part = split_groups(groups[rest], config.early_stop_fraction, seed + 1)
     fit_rows, stop_rows = rest[fit_part], rest[stop_part]
-    probe, epochs = _train(features, labels, fit_rows, stop_rows, config, seed)
+    probe, epochs = _train(features, labels, fit_rows, stop_rows, config, seed, resolution)
     with torch.no_grad():
         logits = torch.cat([probe(chunk) for chunk in features[val_rows].split(4096)])
     predictions = logits.argmax(-1).numpy()
@@ -274,10 +335,13 @@ def mdl_codelength(features, labels, groups, kind: str = "mlp", seed: int = 0, c
 
     The rows are shuffled; the first block is sent with the uniform code (log2 10 bits per digit); each
     later block [t_i, t_i+1) is sent with a probe trained on the rows before t_i (early stopping on a
-    tenth of them, by group), costing its cross-entropy in bits.
+    tenth of them, by group), costing its cross-entropy in bits, or with the uniform code where that is
+    shorter, plus one bit per block saying which (a valid two-part code: a probe fitted on a few dozen
+    rows that predicts confidently and wrongly cannot make the total longer than the uniform code's by
+    more than a bit per block).
     """
     config = ProbeConfig(kind=kind) if config is None else ProbeConfig(**{**config.__dict__, "kind": kind})
-    features, labels, groups = _check(features, labels, groups)
+    features, labels, groups, resolution = _check(features, labels, groups)
     rest, _ = split_groups(groups, config.val_fraction, seed)  # never look at validation rows
     rows = rest[np.random.default_rng(seed).permutation(len(rest))]
     n, digits = len(rows), labels.shape[1]
@@ -286,12 +350,13 @@ def mdl_codelength(features, labels, groups, kind: str = "mlp", seed: int = 0, c
     block_bits = [cuts[0] * digits * math.log2(N_CLASSES)]
     for start, end in zip(cuts[:-1], cuts[1:]):
         seen = rows[:start]
+        uniform_block = (end - start) * digits * math.log2(N_CLASSES)
         if len(np.unique(np.asarray(groups[seen]))) >= 4:
             fit_part, stop_part = split_groups(groups[seen], 0.1, seed)
-            probe, _ = _train(features, labels, seen[fit_part], seen[stop_part], config, seed)
+            probe, _ = _train(features, labels, seen[fit_part], seen[stop_part], config, seed, resolution)
             nats = _loss(probe, features[rows[start:end]], labels[rows[start:end]], reduction="sum")
-            block_bits.append(nats / math.log(2))
+            block_bits.append(1 + min(nats / math.log(2), uniform_block))
         else:  # too few rows to hold any out: the uniform code
-            block_bits.append((end - start) * digits * math.log2(N_CLASSES))
+            block_bits.append(uniform_block)
     return MDLResult(online_bits=float(sum(block_bits)), uniform_bits=uniform,
                      portions=[c / n for c in cuts], block_bits=block_bits)

@@ -154,7 +154,8 @@ def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], config: Evic
                     sites: Sequence[tuple[str, int]], batch_size: int = 256,
                     progress: Callable[[int], None] | None = None) -> KVDataset:
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
-    one masked forward per batch (`batch_size` rows at most, fewer for long traces: `MAX_MASK_CELLS`)."""
+    one masked forward per batch (`batch_size` rows at most, fewer for long traces: `MAX_MASK_CELLS`)
+    over the prefix that ends at the batch's last site position."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     kv: dict[str, list[torch.Tensor]] = {name: [] for name in names}
@@ -168,7 +169,7 @@ def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], config: Evic
         if any(t.passcode_block != batch[0].passcode_block for t in batch):
             raise ValueError("traces of one batch must hold the passcode in the same block")
         wanted = {name: site_of(part, offset, batch[0].passcode_block) for name, (part, offset) in names.items()}
-        got = capture(model, tokenizer, [t.ids for t in batch], config, wanted, positions=positions)
+        got = capture(model, tokenizer, [t.ids for t in batch], config, wanted, positions=positions, prefix_only=True)
         for name in names:
             valid = got.valid[name]  # (B, P)
             lengths[name].append(valid.sum(1))

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from leakage.config import EvictionConfig
-from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced
+from leakage.evaluate import task_accuracy
 from leakage.io import atomic_write_json
 from leakage.mask import additive_mask, memento_mask
 from leakage.model import build_model, load_model, save_model
@@ -180,8 +180,8 @@ class TaskAccuracyCallback(TrainerCallback):
             return
         was_training = model.training
         model.eval()
-        score = block_accuracy_teacher_forced if self.task == "digits" else answer_accuracy
-        metrics = {f"eval_{self.task}_acc_{name}": score(model, self.tokenizer, self.examples, cfg).value
+        metrics = {f"eval_{self.task}_acc_{name}": task_accuracy(model, self.tokenizer, self.examples, self.task,
+                                                                  cfg).value
                    for name, cfg in self.configs.items()}
         model.train(was_training)
         self.trainer.log(metrics)

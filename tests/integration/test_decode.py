@@ -150,6 +150,13 @@ def test_captured_kv_equals_what_the_decoder_cache_holds(rows, config, for_answe
                 keys, values = final[b][p]
                 assert torch.allclose(captured.keys[site][b, :, :, i], keys, atol=1e-5), (site, b, p)
                 assert torch.allclose(captured.values[site][b, :, :, i], values, atol=1e-5), (site, b, p)
+    early = ["prompt", "think_start"] + [f"{part}@0" for part in BLOCK_PARTS if n_blocks]  # a prefix's forward
+    prefix = capture(model, TOKENIZER, rows, config, early, prefix_only=True)
+    assert prefix.logits.shape[1] < captured.logits.shape[1]
+    for site in prefix.sites:
+        assert torch.equal(prefix.positions[site], captured.positions[site])
+        assert torch.allclose(prefix.keys[site], captured.keys[site], atol=1e-5)
+        assert torch.allclose(prefix.values[site], captured.values[site], atol=1e-5)
 
 
 def test_vanilla_cache_grows_by_one_and_memento_cache_shrinks():

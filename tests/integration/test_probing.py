@@ -2,6 +2,8 @@
 label-unique, and the same command runs on another architecture and on real traces with an injected
 passcode."""
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -39,22 +41,38 @@ def test_dataset_features_are_what_the_decoder_cache_holds(tiny):
 
 
 def test_probe_cli_on_the_synthetic_task(tmp_path, capsys, tiny):
+    """Every condition, the keep sweep and the checkpoint sweep of a (stand-in) `leakage train` run folder."""
     from leakage.model import save_model
 
-    save_model(*tiny, tmp_path / "ckpt")
+    run = tmp_path / "run"
+    for folder in ("final", "stage1/checkpoint-3", "stage2/checkpoint-3", "stage2/checkpoint-6"):
+        save_model(*tiny, run / folder)
     out = tmp_path / "probe.csv"
-    assert main(["probe", str(tmp_path / "ckpt"), "--n", "240", "--blocks", "4", "--kind", "linear", "--mdl",
-                 "--no-per-layer", "--out", str(out)]) == 0
+    assert main(["probe", str(run / "final"), "--n", "240", "--blocks", "4", "--kind", "linear", "--mdl",
+                 "--no-per-layer", "--max-keep", "1", "--checkpoints", "2", "--n-eval", "8", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     conditions = set(table.condition)
     assert {"direct", "masked", "causal_control", "control_task", "shuffled_labels", "text_only", "restart_kv",
-            "random_init", "position:block_end", "position:summary_end"} <= conditions
+            "random_init", "random_init_direct", "position:block_end", "position:summary_end", "bf16", "spectrum",
+            "keep", "checkpoint"} <= conditions
     assert set(table.distance.dropna().astype(int)) == {-1, 0, 1, 2}
     assert table.command.iloc[0].startswith("leakage probe ") and (table.n_val > 0).all()
     assert (table.ci95_low <= table.accuracy).all() and (table.accuracy <= table.ci95_high).all()
     measured = table[table.mdl_compression.notna()]
     assert sorted(measured.condition) == ["control_task", "masked"] and (measured.mdl_uniform_bits > 0).all()
     assert table.loc[table.condition == "control_task", "selectivity"].notna().all()
+    sweep = table[table.condition == "checkpoint"]
+    assert sorted(set(sweep.step)) == [0, 3, 6, 9] and sweep.task_accuracy.between(0, 1).all()
+    assert sweep.loc[sweep.step == 0, "checkpoint"].iloc[0] == "random init"
+    keep = table[table.condition == "keep"]
+    # keep 1: block 2's memento is written while block 1 (the passcode's) is still in the cache
+    assert keep.set_index("distance").sees_passcode.to_dict() == {1: True, 2: False}
+    spectrum = table[table.condition == "spectrum"]
+    assert set(spectrum.dtype) == {"float32", "bfloat16"} and spectrum.relative_std_cutoff.min() < 1e-5
+    run = json.loads((tmp_path / "probe.json").read_text())  # the run's config and timing beside its results
+    assert run["experiment"]["max_keep"] == 1 and run["phases"] and run["command"] == table.command.iloc[0]
+    for figure in ("conditions", "layers", "sweeps"):
+        assert (tmp_path / f"probe_{figure}.png").stat().st_size > 0
 
 
 def test_probe_cli_on_another_architecture_and_real_traces(tmp_path, fixtures_dir):
