@@ -312,6 +312,40 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _restart(args: argparse.Namespace) -> int:
+    """The restart ablation with the memento text held identical: paired accuracies and McNemar's test."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from leakage.io import atomic_write_json, atomic_write_text
+    from leakage.restart import restart_ablation
+    from leakage.tasks import make_example
+
+    model, tokenizer = _load_checkpoint(args.checkpoint)
+    task = from_flags(TaskConfig, args)
+    examples = [make_example(task, tokenizer, args.seed, i, "val") for i in range(args.n)]
+    result = restart_ablation(model, tokenizer, examples, task.task, from_flags(EvictionConfig, args))
+    report = {"command": "leakage restart " + " ".join(args.argv), "checkpoint": str(args.checkpoint),
+              "seed": args.seed, **result.as_dict()}
+    unit = "block" if task.task == "digits" else "answer digit"
+    for name in ("memento", "restart"):
+        r = report[name]
+        print(f"{name:8s} {r['accuracy']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]  ({r['total']} {unit}s)")
+    low, high = report["drop_ci95"]
+    print(f"drop     {report['drop']:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over examples); paired "
+          f"{report['paired']}; McNemar exact p "
+          + (f"= {report['mcnemar_p']:.2g}" if report["mcnemar_p"] > 0 else "< 1e-300 (below float range)"))
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out, report)
+        units = pd.DataFrame({"example": result.example, "memento_correct": result.normal_correct,
+                              "restart_correct": result.restart_correct})
+        atomic_write_text(out.with_suffix(".csv"), units.to_csv(index_label="unit"))
+        print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
 def _evaluation_task_flags(parser: argparse.ArgumentParser) -> None:
     """TaskConfig flags of commands that evaluate (the paper's fixed blocks: no training curriculum)."""
     add_flags(parser, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
@@ -375,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(consistency, EvictionConfig, skip=("summary_end_sees_block", "max_block_tokens"))
     consistency.add_argument("--out", help="write the report as JSON here")
     consistency.set_defaults(func=_consistency)
+
+    restart = sub.add_parser("restart", help="restart ablation with the memento text held identical (paired, McNemar)")
+    restart.add_argument("checkpoint", help="local HF checkpoint directory")
+    restart.add_argument("--n", type=int, default=256, help="validation examples")
+    restart.add_argument("--seed", type=int, default=1)
+    _evaluation_task_flags(restart)
+    add_flags(restart, EvictionConfig, skip=("restart", "max_block_tokens"))
+    restart.add_argument("--out", help="write the report as JSON here (and the paired units as CSV beside it)")
+    restart.set_defaults(func=_restart)
 
     probe = sub.add_parser("probe", help="passcode probe on retained keys/values: conditions, controls, layers")
     probe.add_argument("checkpoint", help="local HF checkpoint directory (its tokenizer has the Memento tokens)")

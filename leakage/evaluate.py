@@ -93,7 +93,7 @@ def block_accuracy_free_running(model, tokenizer, examples: list[Example], confi
     correct = total = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        written = _free_run(model, tokenizer, chunk, config)
+        written = free_run(model, tokenizer, chunk, config)
         for example, ids in zip(chunk, written):
             for positions in example.sum_positions:
                 total += 1
@@ -101,7 +101,7 @@ def block_accuracy_free_running(model, tokenizer, examples: list[Example], confi
     return Accuracy(correct, total)
 
 
-def _free_run(model, tokenizer, examples: list[Example], config: EvictionConfig) -> list[list[int]]:
+def free_run(model, tokenizer, examples: list[Example], config: EvictionConfig) -> list[list[int]]:
     """Decode the examples in lockstep; sum, memento and answer tokens are the model's greedy choices."""
     own = [set(p for ps in e.sum_positions + e.memento_positions for p in ps) | set(e.answer_positions)
            for e in examples]

@@ -14,7 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from leakage.config import EvictionConfig
-from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced, wilson_interval, _free_run
+from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced, wilson_interval, free_run
 from leakage.mask import additive_mask, memento_mask
 from leakage.model import load_model
 from leakage.tasks import TaskConfig, make_example
@@ -166,7 +166,7 @@ def test_answer_accuracy_scores_every_answer_digit_like_a_dense_forward(tiny):
 def test_free_running_feeds_given_digits_and_writes_model_sums(tiny):
     model, tokenizer = tiny
     examples = [make_example(TASK, tokenizer, 0, i) for i in range(2)]
-    written = _free_run(model, tokenizer, examples, EvictionConfig())
+    written = free_run(model, tokenizer, examples, EvictionConfig())
     for e, ids in zip(examples, written):
         own = {p for ps in e.sum_positions + e.memento_positions for p in ps} | set(e.answer_positions)
         assert len(ids) == len(e.ids)

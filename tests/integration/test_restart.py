@@ -1,0 +1,54 @@
+"""The restart ablation at smoke scale: the restart run keeps the normal run's mementos token for token
+and re-chooses only the scored units; the paired table and McNemar's test are the textbook ones."""
+
+import numpy as np
+import pytest
+
+from leakage.cli import main
+from leakage.config import EvictionConfig
+from leakage.evaluate import free_run
+from leakage.restart import RestartAblation, rerun, restart_ablation, scored_units
+from leakage.tasks import TaskConfig, make_example
+
+TASK = TaskConfig(task="digits", n_blocks=3)
+
+
+def test_restart_run_keeps_the_normal_runs_mementos(tiny):
+    model, tokenizer = tiny
+    examples = [make_example(TASK, tokenizer, 1, i, "val") for i in range(4)]
+    normal = free_run(model, tokenizer, examples, EvictionConfig())
+    restarted = rerun(model, tokenizer, examples, normal, "digits", EvictionConfig(restart=True))
+    for example, ours, theirs in zip(examples, normal, restarted):
+        scored = {p for unit in scored_units(example, "digits") for p in unit}
+        assert len(ours) == len(theirs) == len(example.ids)
+        assert all(ours[p] == theirs[p] for p in range(len(ours)) if p not in scored)  # mementos included
+        for memento in example.memento_positions:
+            assert [theirs[p] for p in memento] == [ours[p] for p in memento]
+    result = restart_ablation(model, tokenizer, examples, "digits", batch_size=3)
+    assert len(result.example) == 4 * 3 and sum(result.table.values()) == 12
+    assert result.memento.total == result.restart.total == 12
+
+
+def test_mcnemar_and_the_paired_table():
+    normal = np.array([True] * 10 + [False] * 5 + [True] * 3)
+    restart = np.array([False] * 10 + [False] * 5 + [True] * 3)
+    result = RestartAblation("digits", normal, restart, np.arange(18) // 3, EvictionConfig())
+    assert result.table == {"both": 3, "memento_only": 10, "restart_only": 0, "neither": 5}
+    assert result.mcnemar_p == pytest.approx(2 / 2 ** 10)  # all 10 discordant pairs one way
+    same = RestartAblation("digits", normal, normal, np.arange(18) // 3, EvictionConfig())
+    assert same.mcnemar_p == 1.0 and same.difference_ci() == (0.0, 0.0)
+    low, high = result.difference_ci()
+    assert 0 < low <= 10 / 18 <= high
+
+
+def test_restart_cli_writes_the_report_and_the_paired_units(tmp_path, tiny):
+    from leakage.model import save_model
+
+    save_model(*tiny, tmp_path / "ckpt")
+    out = tmp_path / "restart.json"
+    assert main(["restart", str(tmp_path / "ckpt"), "--n", "4", "--blocks", "3", "--out", str(out)]) == 0
+    import json
+
+    report = json.loads(out.read_text())
+    assert report["units"] == 12 and report["command"].startswith("leakage restart ")
+    assert (tmp_path / "restart.csv").read_text().startswith("unit,example,memento_correct,restart_correct")
