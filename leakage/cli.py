@@ -346,9 +346,16 @@ def _restart(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_task_flags(parser: argparse.ArgumentParser) -> None:
-    """TaskConfig flags of commands that evaluate (the paper's fixed blocks: no training curriculum)."""
+def _evaluation_flags(parser: argparse.ArgumentParser, n: int, n_help: str, out_help: str,
+                      eviction_skip: tuple[str, ...]) -> None:
+    """Flags of the commands that evaluate a checkpoint on a task's validation examples: --n, --seed, the
+    TaskConfig flags (the paper's fixed blocks: no training curriculum), the EvictionConfig flags
+    (less `eviction_skip`) and --out."""
+    parser.add_argument("--n", type=int, default=n, help=n_help)
+    parser.add_argument("--seed", type=int, default=1)
     add_flags(parser, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
+    add_flags(parser, EvictionConfig, skip=eviction_skip)
+    parser.add_argument("--out", help=out_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -393,30 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
     evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--n", type=int, default=256, help="validation examples")
-    evaluate.add_argument("--seed", type=int, default=1)
-    _evaluation_task_flags(evaluate)
-    add_flags(evaluate, EvictionConfig, skip=("restart", "max_block_tokens"))
-    evaluate.add_argument("--out", help="write the results as JSON here")
+    _evaluation_flags(evaluate, 256, "validation examples", "write the results as JSON here",
+                      ("restart", "max_block_tokens"))
     evaluate.set_defaults(func=_eval)
 
     consistency = sub.add_parser("consistency", help="logit/KV differences between eviction timings, and "
                                                      "eviction decoding vs the masked forward, for a checkpoint")
     consistency.add_argument("checkpoint", help="local HF checkpoint directory")
-    consistency.add_argument("--n", type=int, default=32, help="validation traces of the task")
-    consistency.add_argument("--seed", type=int, default=1)
-    _evaluation_task_flags(consistency)
-    add_flags(consistency, EvictionConfig, skip=("summary_end_sees_block", "max_block_tokens"))
-    consistency.add_argument("--out", help="write the report as JSON here")
+    _evaluation_flags(consistency, 32, "validation traces of the task", "write the report as JSON here",
+                      ("summary_end_sees_block", "max_block_tokens"))
     consistency.set_defaults(func=_consistency)
 
     restart = sub.add_parser("restart", help="restart ablation with the memento text held identical (paired, McNemar)")
     restart.add_argument("checkpoint", help="local HF checkpoint directory")
-    restart.add_argument("--n", type=int, default=256, help="validation examples")
-    restart.add_argument("--seed", type=int, default=1)
-    _evaluation_task_flags(restart)
-    add_flags(restart, EvictionConfig, skip=("restart", "max_block_tokens"))
-    restart.add_argument("--out", help="write the report as JSON here (and the paired units as CSV beside it)")
+    _evaluation_flags(restart, 256, "validation examples",
+                      "write the report as JSON here (and the paired units as CSV beside it)",
+                      ("restart", "max_block_tokens"))
     restart.set_defaults(func=_restart)
 
     probe = sub.add_parser("probe", help="passcode probe on retained keys/values: conditions, controls, layers")

@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns
+import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from leakage.io import atomic_file  # noqa: E402
@@ -90,32 +90,61 @@ def probe_rows(table) -> list[dict]:
     return rows
 
 
+def _curve(ax, points: list[tuple], label: str, color: str, fmt: str = "o-") -> None:
+    """Accuracy with 95% error bars against x, from (x, row) pairs (nothing drawn for none)."""
+    points = sorted(points, key=lambda p: p[0])
+    if points:
+        ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt=fmt, color=color,
+                    yerr=_ci_errors([r for _, r in points]), label=label, capsize=2)
+
+
+def _finish(ax, xlabel: str, title: str = "") -> None:
+    """Chance line, axis labels, title and (when anything is labelled) the legend of one probe panel."""
+    ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean digit accuracy")
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7)
+
+
+def _engine(rows: list[dict]) -> list[dict]:
+    """Rows measured under the engine's timing (all but the `summary_end_sees_block` ones)."""
+    return [r for r in rows if r.get("timing", "engine") == "engine"]
+
+
+def _layer_panel(ax, rows: list[dict], title: str = "") -> None:
+    """Direct vs masked d=1 accuracy per layer (the paper's Table 4)."""
+    for condition, color in (("direct", "tab:green"), ("masked", "tab:blue")):
+        _curve(ax, [(int(r["layer"]), r) for r in _engine(rows) if r["condition"] == condition
+                    and str(r["layer"]).isdigit()], condition if condition == "direct" else "masked d=1", color)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _finish(ax, "layer", title)
+
+
+def _distance_panel(ax, rows: list[dict], title: str = "") -> None:
+    """All-layer accuracy against distance from the passcode block, with the paper's toy numbers."""
+    engine = [r for r in _engine(rows) if r["layer"] == "all"]
+    _curve(ax, [(r["distance"], r) for r in engine if r["condition"] in ("causal_control", "direct", "masked")],
+           "ours", "tab:blue")
+    paper = [(r["distance"], r["paper_toy"]) for r in engine if _present(r.get("paper_toy"))]
+    if paper:
+        ax.plot(*zip(*sorted(paper)), "s", color="tab:red", label="paper (toy)")
+    _finish(ax, "distance from the passcode block (-1: causal control)", title)
+
+
 def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Probe accuracy by condition, all layers (the paper's Fig. 10), with 95% intervals and chance,
     and accuracy against distance from the passcode block (Fig. 13, distance panel)."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    bars = [r for r in rows if r["condition"] in FIG10_CONDITIONS and r["layer"] == "all"
-            and r.get("timing", "engine") == "engine" and not (r["condition"] == "masked" and r["distance"] != 1)]
+    bars = [r for r in _engine(rows) if r["condition"] in FIG10_CONDITIONS and r["layer"] == "all"
+            and not (r["condition"] == "masked" and r["distance"] != 1)]
     labels = [r["condition"] + ("" if r["condition"] not in ("masked", "direct") else f" d={r['distance']}")
               for r in bars]
     left.bar(range(len(bars)), [r["accuracy"] for r in bars], yerr=_ci_errors(bars), color="tab:blue", capsize=2)
-    left.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
     left.set_xticks(range(len(bars)), labels, rotation=45, ha="right", fontsize=7)
-    left.set_ylabel("mean digit accuracy")
-    left.legend(frameon=False)
-    curve = sorted((r["distance"], r) for r in rows if r["layer"] == "all" and r["condition"] in
-                   ("causal_control", "direct", "masked") and r.get("timing", "engine") == "engine")
-    right.errorbar([d for d, _ in curve], [r["accuracy"] for _, r in curve], fmt="o-",
-                   yerr=_ci_errors([r for _, r in curve]), label="ours")
-    paper = [(r["distance"], r["paper_toy"]) for _, r in curve if r.get("paper_toy") == r.get("paper_toy")
-             and r.get("paper_toy") is not None]
-    if paper:
-        right.plot(*zip(*paper), "s", color="tab:red", label="paper (toy)")
-    right.axhline(0.1, color="grey", ls="--", lw=1)
-    right.set_xlabel("distance from the passcode block (blocks; -1 = causal control)")
-    right.set_ylabel("mean digit accuracy")
-    right.legend(frameon=False)
+    _finish(left, "")
+    _distance_panel(right, rows)
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return save_figure(fig, path)
@@ -125,19 +154,7 @@ def plot_probe_layers(rows: list[dict], path: str | Path, title: str = "") -> Pa
     """Probe accuracy per layer, direct vs masked (the paper's Table 4 as a figure), with 95% intervals."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for condition, color in (("direct", "tab:green"), ("masked", "tab:blue")):
-        points = sorted((int(r["layer"]), r) for r in rows if r["condition"] == condition
-                        and str(r["layer"]).isdigit() and r.get("timing", "engine") == "engine")
-        if points:
-            ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt="o-", color=color,
-                        yerr=_ci_errors([r for _, r in points]), label=condition, capsize=2)
-    ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
-    layers = sorted({int(r["layer"]) for r in rows if str(r["layer"]).isdigit()})
-    ax.set_xticks(layers)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("mean digit accuracy")
-    ax.set_title(title)
-    ax.legend(frameon=False)
+    _layer_panel(ax, rows, title)
     return save_figure(fig, path)
 
 
@@ -147,39 +164,12 @@ def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Pa
     position kind, keep_last_n_blocks, and the leak spectrum. Panels without rows are left empty."""
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    engine = [r for r in rows if r.get("timing", "engine") == "engine"]
-
-    def curve(ax, points, label, color, fmt="o-"):
-        points = sorted(points, key=lambda p: p[0])
-        if points:
-            ax.errorbar([x for x, _ in points], [r["accuracy"] for _, r in points], fmt=fmt, color=color,
-                        yerr=_ci_errors([r for _, r in points]), label=label, capsize=2)
-
-    def finish(ax, xlabel, name):
-        ax.axhline(0.1, color="grey", ls="--", lw=1)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("mean digit accuracy")
-        ax.set_title(name, fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(frameon=False, fontsize=7)
-
-    ax = axes[0, 0]
-    for condition, color in (("direct", "tab:green"), ("masked", "tab:blue")):
-        curve(ax, [(int(r["layer"]), r) for r in engine if r["condition"] == condition and str(r["layer"]).isdigit()],
-              condition if condition == "direct" else "masked d=1", color)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    finish(ax, "layer", "(a) layer")
-    ax = axes[0, 1]
-    curve(ax, [(r["distance"], r) for r in engine if r["layer"] == "all" and r["condition"] in
-               ("causal_control", "direct", "masked")], "ours", "tab:blue")
-    paper = [(r["distance"], r["paper_toy"]) for r in engine if r["layer"] == "all" and _present(r.get("paper_toy"))]
-    if paper:
-        ax.plot(*zip(*sorted(paper)), "s", color="tab:red", label="paper (toy)")
-    finish(ax, "distance from the passcode block (-1: causal control)", "(b) distance")
+    _layer_panel(axes[0, 0], rows, "(a) layer")
+    _distance_panel(axes[0, 1], rows, "(b) distance")
     ax = axes[0, 2]
     sweep = [r for r in rows if r["condition"] == "checkpoint"]
-    curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 0], "direct", "tab:green")
-    curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 1], "masked d=1", "tab:blue")
+    _curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 0], "direct", "tab:green")
+    _curve(ax, [(r["step"], r) for r in sweep if r["distance"] == 1], "masked d=1", "tab:blue")
     if sweep:
         twin = ax.twinx()
         task = sorted({(r["step"], r["task_accuracy"], r["task_ci95_low"], r["task_ci95_high"]) for r in sweep})
@@ -188,29 +178,29 @@ def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Pa
         twin.set_ylabel("task accuracy (teacher-forced)", color="tab:orange")
         twin.set_ylim(0, 1)
         twin.grid(False)
-    finish(ax, "training step (stage 1, then stage 2)", "(c) training checkpoint")
+    _finish(ax, "training step (stage 1, then stage 2)", "(c) training checkpoint")
     ax = axes[1, 0]
     kinds = [r for r in rows if r["condition"].startswith("position:")]
     labels = [r["condition"].split(":")[1].replace("_", "_\n") +
               ("\n(sees block)" if r.get("timing") == "summary_end_sees_block" else "") for r in kinds]
     ax.bar(range(len(kinds)), [r["accuracy"] for r in kinds], yerr=_ci_errors(kinds), color="tab:purple", capsize=2)
     ax.set_xticks(range(len(kinds)), labels, fontsize=7)
-    finish(ax, "retained position of the passcode block", "(d) retained position kind")
+    _finish(ax, "retained position of the passcode block", "(d) retained position kind")
     ax = axes[1, 1]
     keep = [r for r in rows if r["condition"] == "keep"]
     for n, color in zip(sorted({r["keep_last_n_blocks"] for r in keep}), ("tab:cyan", "tab:olive", "tab:brown")):
-        curve(ax, [(r["distance"], r) for r in keep if r["keep_last_n_blocks"] == n], f"keep {int(n)}", color)
-    curve(ax, [(r["distance"], r) for r in engine if r["condition"] == "masked" and r["layer"] == "all"
-               and r["distance"] <= 3], "keep 0", "tab:blue")
+        _curve(ax, [(r["distance"], r) for r in keep if r["keep_last_n_blocks"] == n], f"keep {int(n)}", color)
+    _curve(ax, [(r["distance"], r) for r in _engine(rows) if r["condition"] == "masked" and r["layer"] == "all"
+                and r["distance"] <= 3], "keep 0", "tab:blue")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    finish(ax, "distance from the passcode block", "(e) keep_last_n_blocks")
+    _finish(ax, "distance from the passcode block", "(e) keep_last_n_blocks")
     ax = axes[1, 2]
     for dtype, color in (("float32", "tab:blue"), ("bfloat16", "tab:red")):
-        curve(ax, [(r["relative_std_cutoff"], r) for r in rows if r["condition"] == "spectrum" and r["dtype"] == dtype],
-              dtype, color)
+        _curve(ax, [(r["relative_std_cutoff"], r) for r in rows if r["condition"] == "spectrum"
+                    and r["dtype"] == dtype], dtype, color)
     ax.set_xscale("log")
     ax.invert_xaxis()
-    finish(ax, "directions kept: std >= this x the largest", "(f) leak spectrum, masked d=1")
+    _finish(ax, "directions kept: std >= this x the largest", "(f) leak spectrum, masked d=1")
     fig.suptitle(title, y=1.0)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 N_CLASSES = 10  # digits
+FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class ProbeConfig:
     val_fraction: float = 0.2
     early_stop_fraction: float = 0.1
     n_bootstrap: int = 1000
+
+    @property
+    def relative_std_cutoff(self) -> float:
+        """Whitening drops the components whose standard deviation is below this times the largest's."""
+        return self.resolution_ulps * FLOAT32_EPS
 
     def __post_init__(self):
         if self.kind not in ("mlp", "linear"):
@@ -188,9 +194,8 @@ class _Bias(nn.Module):
 
 
 def _check(features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -> tuple:
-    """Validated (features float32, labels (N, D) long, groups (N,), float32's resolution)."""
+    """Validated (features float32, labels (N, D) long, groups (N,))."""
     features = torch.as_tensor(features).float()
-    resolution = torch.finfo(torch.float32).eps
     labels = torch.as_tensor(labels, dtype=torch.long)
     groups = torch.as_tensor(groups)
     if features.dim() != 2:
@@ -204,15 +209,14 @@ def _check(features: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor) -
         raise ValueError(f"labels must be digits 0..9, got values in [{int(labels.min())}, {int(labels.max())}]")
     if not torch.isfinite(features).all():
         raise ValueError("features hold NaN or inf")
-    return features, labels, groups, resolution
+    return features, labels, groups
 
 
-def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int,
-           resolution: float) -> tuple[_Probe, int]:
+def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int) -> tuple[_Probe, int]:
     """Train on `fit_rows`, keep the state with the lowest loss on `stop_rows`; returns (probe, best epoch)."""
     torch.manual_seed(seed)
     x_fit = features[fit_rows]
-    mean, projection = (whitening(x_fit, config.resolution_ulps * resolution) if config.whiten
+    mean, projection = (whitening(x_fit, config.relative_std_cutoff) if config.whiten
                         else standardisation(x_fit))
     probe = _Probe(labels.shape[1], config, mean, projection)
     optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -228,7 +232,8 @@ def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        loss = _loss(probe, z_stop, y_stop, projected=True)
+        probe.eval()
+        loss = _loss(probe.logits, z_stop, y_stop)
         if loss < best_loss - 1e-4:
             best_loss, best_epoch, waited = loss, epoch, 0
             best_state = {k: v.clone() for k, v in probe.state_dict().items()}
@@ -241,10 +246,10 @@ def _train(features, labels, fit_rows, stop_rows, config: ProbeConfig, seed: int
 
 
 @torch.no_grad()
-def _loss(probe: _Probe, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean", projected: bool = False) -> float:
-    """Cross-entropy (nats) of `y` given features `x` (or, `projected`, the net's inputs)."""
-    probe.eval()
-    logits = torch.cat([probe.logits(chunk) if projected else probe(chunk) for chunk in x.split(4096)])
+def _loss(logits_of, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> float:
+    """Cross-entropy (nats) of `y` given `x`, with `logits_of` an eval-mode probe (features) or its
+    `logits` (projected inputs)."""
+    logits = torch.cat([logits_of(chunk) for chunk in x.split(4096)])
     return float(nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), y.reshape(-1), reduction=reduction))
 
 
@@ -270,11 +275,11 @@ def fit_probe(features, labels, groups, kind: str = "mlp", seed: int = 0,
     config = ProbeConfig(kind=kind) if config is None else config
     if config.kind != kind:
         config = ProbeConfig(**{**config.__dict__, "kind": kind})
-    features, labels, groups, resolution = _check(features, labels, groups)
+    features, labels, groups = _check(features, labels, groups)
     rest, val_rows = split_groups(groups, config.val_fraction, seed)
     fit_part, stop_part = split_groups(groups[rest], config.early_stop_fraction, seed + 1)
     fit_rows, stop_rows = rest[fit_part], rest[stop_part]
-    probe, epochs = _train(features, labels, fit_rows, stop_rows, config, seed, resolution)
+    probe, epochs = _train(features, labels, fit_rows, stop_rows, config, seed)
     with torch.no_grad():
         logits = torch.cat([probe(chunk) for chunk in features[val_rows].split(4096)])
     predictions = logits.argmax(-1).numpy()
@@ -341,7 +346,7 @@ def mdl_codelength(features, labels, groups, kind: str = "mlp", seed: int = 0, c
     more than a bit per block).
     """
     config = ProbeConfig(kind=kind) if config is None else ProbeConfig(**{**config.__dict__, "kind": kind})
-    features, labels, groups, resolution = _check(features, labels, groups)
+    features, labels, groups = _check(features, labels, groups)
     rest, _ = split_groups(groups, config.val_fraction, seed)  # never look at validation rows
     rows = rest[np.random.default_rng(seed).permutation(len(rest))]
     n, digits = len(rows), labels.shape[1]
@@ -353,7 +358,7 @@ def mdl_codelength(features, labels, groups, kind: str = "mlp", seed: int = 0, c
         uniform_block = (end - start) * digits * math.log2(N_CLASSES)
         if len(np.unique(np.asarray(groups[seen]))) >= 4:
             fit_part, stop_part = split_groups(groups[seen], 0.1, seed)
-            probe, _ = _train(features, labels, seen[fit_part], seen[stop_part], config, seed, resolution)
+            probe, _ = _train(features, labels, seen[fit_part], seen[stop_part], config, seed)
             nats = _loss(probe, features[rows[start:end]], labels[rows[start:end]], reduction="sum")
             block_bits.append(1 + min(nats / math.log(2), uniform_block))
         else:  # too few rows to hold any out: the uniform code

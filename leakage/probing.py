@@ -37,7 +37,7 @@ from leakage.evaluate import task_accuracy
 from leakage.mask import memento_mask
 from leakage.model import load_model, untrained_like
 from leakage.positions import Site
-from leakage.probe import ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels
+from leakage.probe import FLOAT32_EPS, ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels
 from leakage.probe_data import KVDataset, ProbeTrace, capture_dataset, site_name, site_of
 from leakage.tasks import Example
 
@@ -162,15 +162,14 @@ def leak_spectrum(prober: _Prober, dataset: KVDataset, site: str, dtype: str, me
     least each of `SPECTRUM` times the largest (whitening's cutoff moved up from float resolution), and
     `measured` (the probe at the default cutoff) as the spectrum's last point."""
     features = dataset.features(site, None, prober.experiment.pooling)
-    resolution = torch.finfo(torch.float32).eps  # `fit_probe` whitens at float32 resolution
-    default = prober.probe.resolution_ulps * resolution
+    default = prober.probe.relative_std_cutoff
     rows = [{**_reused(measured), "condition": "spectrum", "relative_std_cutoff": default, "dtype": dtype,
              "paper_toy": None, "paper_qwen3_8b": None}]
     for cutoff in SPECTRUM:
         if cutoff <= default:
             continue
         result = prober.fit(dataset, site, features=features,
-                            probe=replace(prober.probe, resolution_ulps=cutoff / resolution))
+                            probe=replace(prober.probe, resolution_ulps=cutoff / FLOAT32_EPS))
         k = prober.experiment.passcode_block
         rows.append(_row("spectrum", result, distance=1, site=f"memento@{k + 1}", relative_std_cutoff=cutoff,
                          dtype=dtype))
