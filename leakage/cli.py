@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leakage.config import EvictionConfig, ProbeExperiment
+from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment
+from leakage.reproduce import ReproduceConfig
 from leakage.flags import add_flags, from_flags
 from leakage.pipeline.cli import add_data_commands
 from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE, TaskConfig
@@ -288,28 +289,21 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    """Train, evaluate and measure the toy Memento models; write figures/ (see leakage.reproduce)."""
+    """The main job: train or reuse the toy model, measure the leak, write REPORT.md (leakage.reproduce)."""
     import time
+
+    from tqdm import tqdm
 
     from leakage.reproduce import ReproduceConfig, reproduce
 
-    config = ReproduceConfig(preset=args.preset, runs_dir=args.runs_dir, figures_dir=args.figures_dir,
-                             n_eval=args.n_eval, seed=args.seed, short_block_rate=args.short_block_rate,
-                             **({"tasks": tuple(args.tasks)} if args.tasks else {}))
+    config = from_flags(ReproduceConfig, args)
     start = time.perf_counter()
-    report = reproduce(config, log=print)
-    print(f"\n== results ({args.preset} preset, {time.perf_counter() - start:.0f} s) ==")
-    for task, results in report["tasks"].items():
-        minutes = results["train_wall_seconds"] / 60
-        print(f"{task}: trained in {minutes:.1f} min (both stages)")
-        _print_accuracies(results)
-        if "decoded_trace_kv" in results:
-            kv = results["decoded_trace_kv"]
-            print(f"  KV while the model writes a trace: peak {kv['vanilla_peak']} -> {kv['memento_peak']} tokens "
-                  f"({kv['peak_ratio']:.2f}x), AUC {kv['auc_ratio']:.2f}x")
-    print(f"paper (toy model): {report['paper']['toy_task_accuracy_final']:.0%} task accuracy")
-    print(f"wrote {args.figures_dir}/reproduce_{args.preset}.json")
-    return 0
+    records = reproduce(config, progress=lambda items, desc: tqdm(items, desc=desc), log=print)
+    failed = [name for name, record in records.items() if "error" in record]
+    print(f"\n{len(records) - len(failed)} of {len(records)} stages ok in {time.perf_counter() - start:.0f} s"
+          + (f"; failed: {', '.join(failed)} (see {config.out}/stages/)" if failed else ""))
+    print(f"wrote {config.out}/REPORT.md")
+    return 1 if failed else 0
 
 
 def _restart(args: argparse.Namespace) -> int:
@@ -343,6 +337,61 @@ def _restart(args: argparse.Namespace) -> int:
                               "restart_correct": result.restart_correct})
         atomic_write_text(out.with_suffix(".csv"), units.to_csv(index_label="unit"))
         print(f"wrote {out} and {out.with_suffix('.csv')}")
+    return 0
+
+
+def _causal(args: argparse.Namespace) -> int:
+    """KV patching maps (`patch`), the ablation sweep (`ablate`) or the erasure curve (`erase`) of a
+    passcode checkpoint (leakage.causal); CSV, the run's config as JSON and a figure beside --out."""
+    import time
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from leakage import causal, plotting
+    from leakage.io import atomic_write_json, atomic_write_text
+
+    model, tokenizer = _load_checkpoint(args.checkpoint)
+    task, config = from_flags(TaskConfig, args), from_flags(EvictionConfig, args)
+    experiment = from_flags(CausalExperiment, args)
+    start = time.perf_counter()
+    if args.command == "erase":
+        frame = causal.erasure_curve(model, tokenizer, task, config, experiment, log=print)
+        plot = plotting.plot_erasure
+        print(frame[["method", "strength", "probe_accuracy", "answer_accuracy", "answer_low", "answer_high"]]
+              .to_string(index=False, float_format="%.3f"))
+    else:
+        examples, twins, digits = causal.passcode_pairs(task, tokenizer, experiment.n, experiment.seed)
+        run = causal.passcode_run(model, tokenizer, examples, twins, digits, config)
+        if args.command == "patch":
+            frame = causal.patching_maps(model, run, experiment.bootstrap, experiment.seed, progress=tqdm)
+            plot = plotting.plot_patching
+            reference = frame[frame.experiment == "reference"]
+            print(reference[["source", "measure", "answer_digit", "metric", "metric_low", "metric_high"]]
+                  .to_string(index=False, float_format="%.3f"))
+            shown = frame[frame.experiment == "patch_layer_head"]
+            columns = ["which", "layer", "kv_head", "effect", "effect_low", "effect_high"]
+        else:
+            frame = causal.ablation_sweep(model, tokenizer, examples, run, config, experiment.bootstrap,
+                                          experiment.seed, progress=tqdm)
+            plot = plotting.plot_ablation
+            shown = frame[frame.experiment == "ablate_layer"]
+            columns = ["source", "layer", "metric", "metric_low", "metric_high", "restart_share"]
+        print(shown[columns].to_string(index=False, float_format="%.3f"))
+    command = f"leakage {args.command} " + " ".join(args.argv)
+    frame.insert(0, "command", command)
+    seconds = time.perf_counter() - start
+    print(f"{args.command}: {seconds:.0f} s")
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out, frame.to_csv(index=False))
+        atomic_write_json(out.with_suffix(".json"), {
+            "checkpoint": str(args.checkpoint), "command": command, "task": asdict(task),
+            "eviction": asdict(config), "experiment": asdict(experiment), "seconds": seconds})
+        plot(frame, out.with_suffix(".png"), f"{Path(str(args.checkpoint)).parent.name or args.checkpoint}: "
+                                             f"{args.command}")
+        print(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')}")
     return 0
 
 
@@ -418,6 +467,18 @@ def build_parser() -> argparse.ArgumentParser:
                       ("restart", "max_block_tokens"))
     restart.set_defaults(func=_restart)
 
+    for name, text in (("patch", "activation patching of the retained KV: layer x head / position kind maps"),
+                       ("ablate", "KV ablation sweep of retained positions: resample, mean, restart, zero"),
+                       ("erase", "LEACE erasure of the passcode from the retained KV vs a random subspace")):
+        causal = sub.add_parser(name, help=text)
+        causal.add_argument("checkpoint", help="local HF checkpoint of a passcode model")
+        add_flags(causal, CausalExperiment)
+        add_flags(causal, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate", "passcode_blocks"),
+                  defaults={"task": "passcode"})
+        add_flags(causal, EvictionConfig, skip=("restart", "max_block_tokens"))
+        causal.add_argument("--out", help="write the results as CSV here (config JSON and figure beside it)")
+        causal.set_defaults(func=_causal)
+
     probe = sub.add_parser("probe", help="passcode probe on retained keys/values: conditions, controls, layers")
     probe.add_argument("checkpoint", help="local HF checkpoint directory (its tokenizer has the Memento tokens)")
     probe.add_argument("--task", choices=TASKS, default="digits", help="synthetic traces of this task")
@@ -431,15 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", help="write every probe's row as CSV here, and its figures beside it")
     probe.set_defaults(func=_probe)
 
-    repro = sub.add_parser("reproduce", help="the main job: train, evaluate and measure the toy Memento models")
-    repro.add_argument("--preset", default="fast", help="training preset: smoke, fast (default) or paper")
-    repro.add_argument("--runs-dir", default="runs")
-    repro.add_argument("--figures-dir", default="figures")
-    repro.add_argument("--n-eval", type=int, default=256)
-    repro.add_argument("--seed", type=int, default=0)
-    repro.add_argument("--short-block-rate", type=float, default=TRAINING_SHORT_BLOCK_RATE,
-                       help="training curriculum: share of shorter blocks (evaluation always uses full blocks)")
-    repro.add_argument("--tasks", nargs="+", choices=TASKS, help="default: digits recall")
+    repro = sub.add_parser("reproduce", help="the main job: train the toy model, measure the leak, write REPORT.md")
+    add_flags(repro, ReproduceConfig)
     repro.set_defaults(func=_reproduce)
 
     add_data_commands(sub)

@@ -131,3 +131,21 @@ class ProbeExperiment:
     max_keep: int = 2
     checkpoints: int = 4
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class CausalExperiment:
+    """The causal experiments on one checkpoint of the passcode task.
+
+    n: evaluation pairs (validation passcodes).
+    reference: reference examples (training passcodes): half fit LEACE and the random control, half the probe.
+    strengths: comma-separated erasure strengths (0 = none, 1 = full LEACE).
+    bootstrap: example-bootstrap resamples for every interval.
+    seed: seed of the examples, twins, random subspaces and probes.
+    """
+
+    n: int = 512
+    reference: int = 4096
+    strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    bootstrap: int = 1000
+    seed: int = 0

@@ -4,7 +4,7 @@
     config = from_flags(EvictionConfig, args)    # the same dataclass back, validated by its __post_init__
 
 Field types map to argparse: `bool` -> `--name/--no-name`, `int`/`float`/`str` -> typed options,
-`X | None` -> type X, where the word `none` gives None. Help text is the field's entry in the class
+`X | None` -> type X, where the word `none` gives None, `tuple[int, ...]` -> comma-separated ints. Help text is the field's entry in the class
 docstring (`name: text` lines), and every default is the dataclass's own.
 """
 
@@ -69,6 +69,12 @@ def add_flags(parser: argparse.ArgumentParser, cls, *, skip: tuple[str, ...] = (
         if kind is bool:
             group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=default,
                                help=text)
+        elif typing.get_origin(kind) is tuple:
+            item = typing.get_args(kind)[0]
+            parse = lambda text, item=item: tuple(item(x) for x in text.split(",") if x.strip())
+            parse.__name__ = f"comma-separated {item.__name__}s"
+            group.add_argument(flag, dest=field.name, type=parse, default=default,
+                               help=f"{text} (default: {','.join(map(str, default)) or 'none'})".strip())
         elif kind in (int, float, str):
             group.add_argument(flag, dest=field.name, type=_parser_for(kind, optional), default=default,
                                help=f"{text} (default: {default})".strip())

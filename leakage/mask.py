@@ -37,39 +37,93 @@ still see them and they would vanish from row 9 on). The memento (6-8) and the d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from leakage.config import EvictionConfig
-from leakage.schedule import eviction_schedule
+from leakage.schedule import EvictionSchedule, eviction_schedule
 from leakage.spans import SpanKind, TraceSpans, as_marker_ids, parse_spans
 
 _NEVER = torch.iinfo(torch.long).max
 
 
-def mask_from_spans(spans: TraceSpans, config: EvictionConfig = EvictionConfig()) -> torch.Tensor:
-    """Bool "may attend" matrix [T, T] for one parsed sequence under `config` (see module docstring)."""
+@dataclass(frozen=True)
+class Unrolled:
+    """Restart decoding unrolled into one forward: every version of every computed row, and who sees whom.
+
+    Restart decoding computes the memento span twice: first token by token while its block is visible
+    (those rows predict the memento's tokens), then again, after the eviction, in the step that feeds
+    `<|summary_end|>` (the recomputed keys and values are what later tokens see). An unrolled sequence
+    holds both versions: rows are (logical position, step computed in); a recomputed range [s, a]
+    appears as the stale copy s..a-1 followed by the recomputation s..a. Without restart, every
+    position appears once and the unrolled sequence is the sequence itself.
+
+    index: (T',) long, the logical position (token and RoPE position) of each row.
+    step: (T',) long, the decoding step whose forward computed the row.
+    final: (T',) bool, the row is the version the cache ends up holding (False: a stale copy).
+    predicts: (T',) bool, the row's logits are the decoder's prediction of token index + 1 (exactly one
+        row per logical position).
+    mask: (T', T') bool, row q may attend row k.
+    """
+
+    index: torch.Tensor
+    step: torch.Tensor
+    final: torch.Tensor
+    predicts: torch.Tensor
+    mask: torch.Tensor
+
+
+def unroll(spans: TraceSpans, config: EvictionConfig = EvictionConfig()) -> Unrolled:
+    """The unrolled forward of one parsed sequence under `config` (see `Unrolled`).
+
+    Row q sees key row k when k is causal (index[k] <= index[q]), the key version exists at q's step
+    (step[k] <= step[q], and a stale copy is gone once its recomputation ran), the key's position has
+    not been evicted before q's step, and (legacy timing) the recomputation does not hide it.
+    """
     T = len(spans)
-    query = torch.arange(T)[:, None]  # (T, 1)
-    key = torch.arange(T)[None, :]  # (1, T)
-    allowed = key <= query  # (T, T) causal
-    if not config.evicts:
-        return allowed
-    schedule = eviction_schedule(spans, config)
-    hidden_from = torch.full((T,), _NEVER)  # per key: the first query step that no longer sees it
+    schedule = eviction_schedule(spans, config) if config.evicts else EvictionSchedule((), ())
+    hidden_from = torch.full((T,), _NEVER)  # per logical key: the first step that no longer sees it
     for eviction in schedule.evictions:
         hidden_from[eviction.start:eviction.end] = torch.clamp(hidden_from[eviction.start:eviction.end],
                                                                max=eviction.before)
-    computed_at = torch.arange(T)  # per query: the step its final keys/values are computed in
-    for recompute in schedule.recomputes:
-        computed_at[recompute.start:recompute.at + 1] = recompute.at
-    allowed &= computed_at[:, None] < hidden_from[None, :]
-    for recompute in schedule.recomputes:
-        if recompute.hidden is not None:
-            lo, hi = recompute.hidden
-            allowed[recompute.start:recompute.at + 1, lo:hi] = False
-    return allowed
+    recompute_at = {r.at: r for r in schedule.recomputes}
+    stale_until = torch.full((T,), _NEVER)  # per logical position: the step its first version is replaced
+    for r in schedule.recomputes:
+        stale_until[r.start:r.at] = r.at
+    index, step, final, replaced = [], [], [], []
+    for p in range(T):
+        if p in recompute_at:  # the recomputation, rows start..p, all in step p
+            rows = list(range(recompute_at[p].start, p + 1))
+            index += rows
+            step += [p] * len(rows)
+            final += [True] * len(rows)
+            replaced += [_NEVER] * len(rows)
+        else:
+            index.append(p)
+            step.append(p)
+            final.append(bool(stale_until[p] == _NEVER))
+            replaced.append(int(stale_until[p]))
+    index_t, step_t = torch.tensor(index, dtype=torch.long), torch.tensor(step, dtype=torch.long)
+    final_t, replaced_t = torch.tensor(final), torch.tensor(replaced, dtype=torch.long)
+    mask = ((index_t[None, :] <= index_t[:, None]) & (step_t[None, :] <= step_t[:, None])
+            & (step_t[:, None] < replaced_t[None, :]) & (step_t[:, None] < hidden_from[index_t][None, :]))
+    for r in schedule.recomputes:
+        if r.hidden is not None:
+            lo, hi = r.hidden
+            rows = step_t == r.at
+            mask[rows[:, None] & ((index_t >= lo) & (index_t < hi))[None, :]] = False
+    predicts = ~final_t | (stale_until[index_t] == _NEVER)  # a recomputed row predicts where no stale copy did
+    return Unrolled(index=index_t, step=step_t, final=final_t, predicts=predicts, mask=mask)
+
+
+def mask_from_spans(spans: TraceSpans, config: EvictionConfig = EvictionConfig()) -> torch.Tensor:
+    """Bool "may attend" matrix [T, T] for one parsed sequence under `config` (see module docstring):
+    the final rows of its unrolled forward (`unroll`)."""
+    unrolled = unroll(spans, config)
+    final = unrolled.final
+    return unrolled.mask[final][:, final]
 
 
 def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: bool = False,

@@ -1,18 +1,18 @@
-"""Figure style and save helpers. Reads results; never runs a model."""
+"""Figure style and save helpers. Reads results; never runs a model.
+
+No backend is chosen here: notebooks draw inline, and scripts without a display get matplotlib's
+non-interactive default."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from leakage.io import atomic_file  # noqa: E402
-from leakage.kv import KVTrace  # noqa: E402
+from leakage.io import atomic_file
+from leakage.kv import KVTrace
 
 
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
@@ -202,5 +202,97 @@ def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Pa
     ax.invert_xaxis()
     _finish(ax, "directions kept: std >= this x the largest", "(f) leak spectrum, masked d=1")
     fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_patching(frame, path: str | Path, title: str = "") -> Path:
+    """Normalised patching effect (0 = clean, 1 = corrupted) as heat maps: layer x KV head and layer x
+    retained position kind, for keys, values and both (a `leakage.causal.patching_maps` frame)."""
+    sns.set_theme(style="white", context="paper")
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for row, (experiment, column) in enumerate((("patch_layer_head", "kv_head"), ("patch_layer_kind", "kind"))):
+        for ax, which in zip(axes[row], ("keys", "values", "both")):
+            part = frame[(frame.experiment == experiment) & (frame.which == which)]
+            part = part.assign(layer=part.layer.astype(int))
+            if column == "kv_head":  # a CSV column shared with NaN reads back as float
+                part = part.assign(kv_head=part.kv_head.astype(int))
+            grid = part.pivot(index="layer", columns=column, values="effect")
+            if column == "kind":
+                grid = grid[list(dict.fromkeys(part[column]))]  # trace order, not alphabetical
+            sns.heatmap(grid, ax=ax, annot=True, fmt=".2f", cmap="RdBu_r", center=0, vmin=-1, vmax=1,
+                        annot_kws={"fontsize": 7}, cbar=ax is axes[row, 2])
+            ax.set_title(f"{which}: layer x {column.replace('_', ' ')}", fontsize=9)
+            ax.tick_params(axis="x", labelrotation=30 if column == "kind" else 0, labelsize=7)
+    fig.suptitle(title, y=1.0)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_ablation(frame, path: str | Path, title: str = "") -> Path:
+    """Answer digit accuracy with each layer's held KV (and all layers') replaced by each ablation source,
+    with 95% intervals, the clean accuracy and chance (a `leakage.causal.ablation_sweep` frame)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    part = frame[frame.experiment == "ablate_layer"]
+    sources = list(dict.fromkeys(part.source))
+    layers = list(dict.fromkeys(part.layer.astype(str)))
+    width = 0.8 / len(sources)
+    for i, source in enumerate(sources):
+        rows = part[part.source == source].set_index(part[part.source == source].layer.astype(str)).loc[layers]
+        x = [j + (i - (len(sources) - 1) / 2) * width for j in range(len(layers))]
+        ax.bar(x, rows.metric, width, yerr=[rows.metric - rows.metric_low, rows.metric_high - rows.metric],
+               label=source + (" (contrast)" if source == "zero" else ""), capsize=2)
+    ax.axhline(float(frame.clean.iloc[0]), color="black", lw=1, label="clean")
+    ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xticks(range(len(layers)), [f"layer {l}" if l != "all" else "all layers" for l in layers])
+    ax.set_ylabel("answer digit accuracy (teacher-forced)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    return save_figure(fig, path)
+
+
+def plot_erasure(frame, path: str | Path, title: str = "") -> Path:
+    """Probe accuracy against answer accuracy as the erasure strength grows, LEACE vs a random subspace
+    of the same rank (a `leakage.causal.erasure_curve` frame): one curve linking probing and behaviour."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for method, color in (("leace", "tab:red"), ("random", "tab:grey")):
+        rows = frame[frame.method == method].sort_values("strength")
+        ax.errorbar(rows.probe_accuracy, rows.answer_accuracy, fmt="o-", color=color, label=method, capsize=2,
+                    xerr=[rows.probe_accuracy - rows.probe_low, rows.probe_high - rows.probe_accuracy],
+                    yerr=[rows.answer_accuracy - rows.answer_low, rows.answer_high - rows.answer_accuracy])
+        for _, r in rows.iterrows():
+            ax.annotate(f"{r.strength:g}", (r.probe_accuracy, r.answer_accuracy), fontsize=6,
+                        textcoords="offset points", xytext=(3, 3))
+    ax.axhline(0.1, color="grey", ls="--", lw=1)
+    ax.axvline(0.1, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("probe accuracy on the erased KV (passcode digits)")
+    ax.set_ylabel("answer digit accuracy (teacher-forced)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(frameon=False, fontsize=7)
+    return save_figure(fig, path)
+
+
+def plot_capacity(frame, path: str | Path, title: str = "") -> Path:
+    """Answer-digit accuracy and bits per passcode against the passcode's distance to the answer, under
+    memento, restart and full-attention decoding (a `leakage.causal.capacity_sweep` frame)."""
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for mode, color in (("memento", "tab:blue"), ("restart", "tab:red"), ("full_attention", "tab:green")):
+        rows = frame[frame.decoding == mode].sort_values("distance")
+        left.errorbar(rows.distance, rows.accuracy, yerr=[rows.accuracy - rows.ci95_low, rows.ci95_high - rows.accuracy],
+                      fmt="o-", color=color, label=mode.replace("_", " "), capsize=2)
+        right.errorbar(rows.distance, rows.bits, yerr=[rows.bits - rows.bits_low, rows.bits_high - rows.bits],
+                       fmt="o-", color=color, label=mode.replace("_", " "), capsize=2)
+    left.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    right.axhline(0.0, color="grey", ls="--", lw=1)
+    for ax, ylabel in ((left, "answer digit accuracy"), (right, "bits per passcode")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(frame.distance.unique()), [str(d) for d in sorted(frame.distance.unique())])
+        ax.set_xlabel("mementos between the passcode block and the answer")
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -1,36 +1,46 @@
-"""`leakage reproduce`: the main job on the embedded toy model and synthetic data.
+"""`leakage reproduce`: the main job. Trains (or reuses) a toy Memento model and measures the leak.
 
-Trains the `digits` and `recall` Memento models (`--tasks` adds `passcode`; two-stage SFT, resumable),
-evaluates them under memento, restart and full-attention decoding, decodes with the trained digits model
-to measure its KV cache, and writes the results with the paper's numbers beside ours:
+One model serves every stage: the `passcode` task (running-sum blocks, as in the paper's toy, plus a
+passcode in block 1 that enters no memento), so the same checkpoint gives the paper's task accuracy, the
+restart ablation, the probes and the causal experiments. Stages, in order:
 
-    figures/reproduce_{preset}.json          every number below, with the command
-    figures/training_{task}_{preset}.csv/png per-stage loss curves
-    figures/kv_sawtooth_digits_{preset}.png  KV cache of the trained model, vanilla vs memento
+    train     two-stage SFT (reused when `runs_dir` holds a run of the same config; resumed if stopped)
+    evaluate  running-sum and passcode accuracy under memento, restart and full-attention decoding
+    kv        the KV cache while the model writes a trace itself, vanilla vs memento (peak, AUC)
+    probe     the passcode probe: direct, masked, causal control, control task, restart KV, random init
+    restart   the restart ablation with the memento text held identical (running sums and answer)
+    patch     KV patching maps (layer x KV head, layer x position kind)
+    ablate    KV ablation of the retained positions (resample, mean, restart, zero)
+    erase     LEACE vs a random subspace (`paper` preset or `--extras`)
+    control   a restart-trained control model under restart decoding (`paper` preset or `--extras`)
+
+Each stage writes its files into `out` and a record `out/stages/NAME.json` (results, files, seconds, and
+the key of everything it depends on); a rerun skips a stage whose record has the same key. A stage that
+fails is recorded with its error and the others still run. `REPORT.md` puts the paper's numbers beside
+ours, each with its interval and the file it came from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, replace
+import platform
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
-
-from leakage.config import EvictionConfig
-from leakage.decode import generate
-from leakage.evaluate import evaluate_checkpoint
+from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment
 from leakage.io import atomic_write_json, atomic_write_text
-from leakage.kv import simulate_kv
-from leakage.model import load_model
-from leakage.plotting import plot_kv_sawtooth, plot_training_curves
-from leakage.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig, make_example
-from leakage.train import RunConfig, train, train_preset
+from leakage.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig
 
-PAPER = {
-    "toy_task_accuracy_final": 0.95,  # 4 layers, d_model 128, 10 blocks of 5 digits (facts: toy experiment)
-    "toy_task_accuracy_checkpoint_range": [0.77, 0.95],
+PAPER = {  # facts: ../shared/reference/memento-facts.md
+    "toy_task_accuracy": 0.95,  # 4 layers, d_model 128, 10 blocks of 5 digits
+    "toy_probe_masked_d1": 0.249,  # passcode probe on the toy model, all layers
+    "toy_probe_masked_d2": 0.214,
+    "qwen3_8b_probe_direct": 0.652,
+    "qwen3_8b_probe_masked": 0.267,
     "qwen3_8b_restart_drop_pp": -15.3,  # AIME24, 66.1% normal vs 50.8% restart
     "peak_kv_reduction": "2-3x",
     "kv_auc_reduction": "2-3.5x",
@@ -38,83 +48,415 @@ PAPER = {
 
 
 @dataclass(frozen=True)
+class ReproducePlan:
+    """The size of every stage: a named preset.
+
+    train: the `leakage.train` preset. n_blocks: blocks per trace (passcode in block 1). n_eval:
+    validation examples per accuracy. probe_traces / probe_kind: the probe's dataset and model.
+    causal_n: example pairs of the causal stages. extras: also run `erase`, the restart-trained control and
+    the per-layer probes.
+    """
+
+    train: str
+    n_blocks: int
+    n_eval: int
+    probe_traces: int
+    probe_kind: str
+    causal_n: int
+    extras: bool = False
+
+
+PLANS: dict[str, ReproducePlan] = {
+    "smoke": ReproducePlan(train="smoke", n_blocks=3, n_eval=8, probe_traces=240, probe_kind="linear", causal_n=8),
+    "fast": ReproducePlan(train="fast", n_blocks=4, n_eval=256, probe_traces=10_000, probe_kind="mlp", causal_n=256),
+    "paper": ReproducePlan(train="paper", n_blocks=10, n_eval=512, probe_traces=50_000, probe_kind="mlp",
+                           causal_n=512, extras=True),
+}
+
+
+@dataclass(frozen=True)
 class ReproduceConfig:
+    """The main job (see the module docstring).
+
+    preset: smoke (seconds, the tests), fast (the README's job: under 15 minutes on 2 CPU cores) or paper.
+    out: folder for REPORT.md, its figures, tables and stage records.
+    runs_dir: folder of trained models (reused when the config matches).
+    extras: also run the expensive stages (erase, restart-trained control) at this preset.
+    seed: training, example and probe seed.
+    """
+
     preset: str = "fast"
+    out: str = "figures/reproduce"
     runs_dir: str = "runs"
-    figures_dir: str = "figures"
-    n_eval: int = 256
+    extras: bool = False
     seed: int = 0
-    short_block_rate: float = TRAINING_SHORT_BLOCK_RATE  # training curriculum; evaluation uses full blocks
-    tasks: tuple[str, ...] = ("digits", "recall")  # passcode: see docs/results.md
+
+    @property
+    def plan(self) -> ReproducePlan:
+        try:
+            plan = PLANS[self.preset]
+        except KeyError:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PLANS)}") from None
+        return replace(plan, extras=plan.extras or self.extras)
+
+    @property
+    def task(self) -> TaskConfig:
+        """The evaluation task (fixed-length blocks); training adds the curriculum."""
+        return TaskConfig(task="passcode", n_blocks=self.plan.n_blocks, passcode_block=1)
 
 
-def run_dir(config: ReproduceConfig, task: str) -> Path:
-    return Path(config.runs_dir) / f"{task}-{config.preset}"
+def ensure_trained(task: TaskConfig, preset: str, runs_dir: str | Path = "runs", seed: int = 0,
+                   short_block_rate: float = TRAINING_SHORT_BLOCK_RATE, eviction: EvictionConfig = EvictionConfig(),
+                   name: str | None = None) -> Path:
+    """The `final/` model of `runs_dir/NAME` (default `{task}-{preset}`), a two-stage `leakage train` run
+    of `task` with the training curriculum: reused when there, resumed when it stopped, trained otherwise."""
+    from leakage.train import RunConfig, train, train_preset
+
+    path = Path(runs_dir) / (name or f"{task.task}-{preset}")
+    run = RunConfig(task=replace(task, short_block_rate=short_block_rate), preset=train_preset(preset),
+                    eviction=eviction, seed=seed)
+    return train(run, path, resume=True)
 
 
-def training_table(run_path: Path) -> pd.DataFrame:
-    """metrics.jsonl as a table: stage, step, loss, eval_loss and task accuracies."""
-    lines = (run_path / "metrics.jsonl").read_text().splitlines()
-    return pd.DataFrame([json.loads(line) for line in lines])
+# -- stages ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    """What the stages share: the config, the output folder, and the model once `train` has run."""
+
+    config: ReproduceConfig
+    out: Path
+    checkpoint: Path | None = None
+    _model: tuple | None = None
+
+    def model(self):
+        from leakage.model import load_model
+
+        if self.checkpoint is None:
+            raise RuntimeError("no trained model: the train stage did not finish")
+        if self._model is None:
+            self._model = load_model(self.checkpoint)
+        return self._model
+
+    def path(self, name: str) -> Path:
+        return self.out / name
 
 
-def stage_times(run_path: Path) -> dict:
-    out = {}
-    for done in sorted(run_path.glob("stage*/done.json")):
-        info = json.loads(done.read_text())
-        out[done.parent.name] = {"wall_seconds": info.get("wall_seconds"), "steps": info["steps"],
-                                 "best_eval_loss": info["best_eval_loss"], "resumed": info.get("resumed")}
-    return out
+def stage_train(ctx: Context) -> dict:
+    import pandas as pd
+
+    from leakage.plotting import plot_training_curves
+
+    config = ctx.config
+    start = time.perf_counter()
+    ctx.checkpoint = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
+                                    name=f"reproduce-passcode{config.plan.n_blocks}-{config.preset}")
+    run_dir = ctx.checkpoint.parent
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    table = pd.DataFrame([json.loads(line) for line in lines])
+    atomic_write_text(ctx.path("training.csv"), table.to_csv(index=False))
+    plot_training_curves(table.to_dict("records"), ctx.path("training.png"),
+                         title=f"two-stage Memento SFT ({config.plan.train} preset)")
+    stages = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("stage*/done.json"))}
+    return {"checkpoint": str(ctx.checkpoint), "seconds_here": time.perf_counter() - start,
+            "train_wall_seconds": sum(s.get("wall_seconds") or 0 for s in stages.values()),
+            "files": ["training.csv", "training.png"]}
 
 
-def kv_of_trained_model(model, tokenizer, task: TaskConfig, seed: int) -> dict:
-    """Let the trained model write a whole digits trace itself; measure its KV cache while decoding."""
-    example = make_example(task, tokenizer, seed, 0, "val")
-    prompt = example.ids[:example.prompt_len + 1]  # the prompt and <think>
+def stage_evaluate(ctx: Context) -> dict:
+    from leakage.evaluate import answer_accuracy, block_accuracy_free_running, block_accuracy_teacher_forced
+    from leakage.tasks import make_example
+
+    model, tokenizer = ctx.model()
+    examples = [make_example(ctx.config.task, tokenizer, ctx.config.seed + 1, i, "val")
+                for i in range(ctx.config.plan.n_eval)]
+    configs = {"memento": EvictionConfig(), "restart": EvictionConfig(restart=True),
+               "full_attention": EvictionConfig(keep_last_n_blocks=-1)}
+    scorers = {"sums_teacher_forced": block_accuracy_teacher_forced, "sums_free_running": block_accuracy_free_running,
+               "passcode_answer": answer_accuracy}
+    return {f"{mode}/{name}": scorer(model, tokenizer, examples, config).as_dict()
+            for mode, config in configs.items() for name, scorer in scorers.items()}
+
+
+def stage_kv(ctx: Context) -> dict:
+    from leakage.decode import generate
+    from leakage.kv import simulate_kv
+    from leakage.plotting import plot_kv_sawtooth
+    from leakage.tasks import make_example
+
+    model, tokenizer = ctx.model()
+    example = make_example(ctx.config.task, tokenizer, ctx.config.seed + 2, 0, "val")
+    prompt = example.ids[:example.prompt_len + 1]  # the question and <think>: the model writes the rest
     out = generate(model, tokenizer, prompt, EvictionConfig(), max_new_tokens=len(example.ids) + 40).sequences[0]
     fed = out.ids[:len(out.kv.cached_tokens)]
     vanilla = simulate_kv(fed, tokenizer, EvictionConfig(keep_last_n_blocks=-1), prompt_len=out.prompt_len,
                           plain_prompt=False, strict=False)
-    return {"memento": out.kv, "vanilla": vanilla, "generated_tokens": len(out.response),
-            "malformed": len(out.malformed), "text": tokenizer.decode(out.response)}
+    plot_kv_sawtooth({"vanilla": vanilla, "memento": out.kv}, ctx.path("kv_sawtooth.png"),
+                     title="KV cache while the trained model writes a trace")
+    return {"generated_tokens": len(out.response), "malformed_markers": len(out.malformed),
+            "vanilla_peak": vanilla.peak, "memento_peak": out.kv.peak, "peak_ratio": vanilla.peak / out.kv.peak,
+            "vanilla_auc": vanilla.auc, "memento_auc": out.kv.auc, "auc_ratio": vanilla.auc / out.kv.auc,
+            "text": tokenizer.decode(out.response), "files": ["kv_sawtooth.png"]}
 
 
-def reproduce(config: ReproduceConfig, log: Callable[[str], None] = lambda _: None) -> dict:
-    """Train (or resume), evaluate, measure, and write figures; returns the report dict."""
-    figures = Path(config.figures_dir)
-    preset = train_preset(config.preset)
-    report = {"command": f"leakage reproduce --preset {config.preset} --runs-dir {config.runs_dir} "
-                         f"--figures-dir {config.figures_dir} --n-eval {config.n_eval} --seed {config.seed} "
-                         f"--short-block-rate {config.short_block_rate} --tasks {' '.join(config.tasks)}",
-              "paper": PAPER, "tasks": {}}
-    for task_name in config.tasks:
-        task = TaskConfig(task=task_name)  # evaluation: the paper's fixed 5-digit blocks
-        training_task = replace(task, short_block_rate=config.short_block_rate)
-        path = run_dir(config, task_name)
-        log(f"[{task_name}] training ({config.preset}) in {path} (resumes if interrupted)")
-        final = train(RunConfig(task=training_task, preset=preset, seed=config.seed), path, resume=True)
-        model, tokenizer = load_model(final)
-        log(f"[{task_name}] evaluating on {config.n_eval} validation examples")
-        results = evaluate_checkpoint(model, tokenizer, task, config.n_eval, seed=config.seed + 1)
-        table = training_table(path)
-        stem = f"training_{task_name}_{config.preset}"
-        atomic_write_text(figures / f"{stem}.csv", table.to_csv(index=False))
-        plot_training_curves(table.to_dict("records"), figures / f"{stem}.png",
-                             title=f"{task_name}: two-stage Memento SFT ({config.preset} preset)")
-        times = stage_times(path)
-        results["stages"] = times
-        results["train_wall_seconds"] = sum(t["wall_seconds"] or 0 for t in times.values())
-        if task_name == "digits":
-            kv = kv_of_trained_model(model, tokenizer, task, config.seed + 2)
-            plot_kv_sawtooth({"vanilla": kv["vanilla"], "memento": kv["memento"]},
-                             figures / f"kv_sawtooth_digits_{config.preset}.png",
-                             title="KV cache while the trained digits model writes a trace")
-            results["decoded_trace_kv"] = {
-                "generated_tokens": kv["generated_tokens"], "malformed_markers": kv["malformed"],
-                "vanilla_peak": kv["vanilla"].peak, "memento_peak": kv["memento"].peak,
-                "peak_ratio": kv["vanilla"].peak / kv["memento"].peak,
-                "vanilla_auc": kv["vanilla"].auc, "memento_auc": kv["memento"].auc,
-                "auc_ratio": kv["vanilla"].auc / kv["memento"].auc, "text": kv["text"]}
-        report["tasks"][task_name] = results
-        atomic_write_json(figures / f"reproduce_{config.preset}.json", report)
-    return report
+def stage_probe(ctx: Context) -> dict:
+    import pandas as pd
+
+    from leakage.model import untrained_like
+    from leakage.plotting import plot_probe_conditions
+    from leakage.probe import ProbeConfig
+    from leakage.probe_data import synthetic_traces
+    from leakage.probing import probe_conditions
+
+    model, tokenizer = ctx.model()
+    plan = ctx.config.plan
+    experiment = ProbeExperiment(n_blocks=plan.n_blocks, passcode_block=1, kind=plan.probe_kind, per_layer=plan.extras,
+                                 mdl=False, precision=False, max_keep=0, checkpoints=0, seed=ctx.config.seed)
+    traces = synthetic_traces(ctx.config.task, tokenizer, plan.probe_traces, seed=ctx.config.seed)
+    probe = ProbeConfig(kind=plan.probe_kind, max_epochs=5) if plan.train == "smoke" else None
+    rows = probe_conditions(model, tokenizer, traces, experiment, random_model=untrained_like(model, ctx.config.seed),
+                            probe=probe)
+    atomic_write_text(ctx.path("probe.csv"), pd.DataFrame(rows).to_csv(index=False))
+    plot_probe_conditions(rows, ctx.path("probe.png"), title="passcode probe on the retained KV")
+    pick = {(r["condition"], r.get("distance"), r["layer"]): r for r in rows if r.get("timing", "engine") == "engine"}
+    keep = {"direct": ("direct", 0, "all"), "masked_d1": ("masked", 1, "all"), "masked_d2": ("masked", 2, "all"),
+            "causal_control": ("causal_control", -1, "all"), "restart_kv": ("restart_kv", 1, "all"),
+            "random_init": ("random_init", 1, "all"), "control_task": ("control_task", 1, "all")}
+    found = {name: pick[key] for name, key in keep.items() if key in pick}
+    return {**{name: {k: r[k] for k in ("accuracy", "ci95_low", "ci95_high")} for name, r in found.items()},
+            "traces": plan.probe_traces, "probe": plan.probe_kind, "files": ["probe.csv", "probe.png"]}
+
+
+def stage_restart(ctx: Context) -> dict:
+    from leakage.restart import restart_ablation
+    from leakage.tasks import make_example
+
+    model, tokenizer = ctx.model()
+    examples = [make_example(ctx.config.task, tokenizer, ctx.config.seed + 1, i, "val")
+                for i in range(ctx.config.plan.n_eval)]
+    out = {"sums": restart_ablation(model, tokenizer, examples, "digits").as_dict(),
+           "passcode_answer": restart_ablation(model, tokenizer, examples, "passcode").as_dict()}
+    atomic_write_json(ctx.path("restart.json"), out)
+    return {**out, "files": ["restart.json"]}
+
+
+def _causal_run(ctx: Context):
+    from leakage.causal import passcode_pairs, passcode_run
+
+    model, tokenizer = ctx.model()
+    examples, twins, digits = passcode_pairs(ctx.config.task, tokenizer, ctx.config.plan.causal_n, ctx.config.seed)
+    return model, tokenizer, examples, passcode_run(model, tokenizer, examples, twins, digits, EvictionConfig())
+
+
+def stage_patch(ctx: Context) -> dict:
+    from leakage.causal import patching_maps
+    from leakage.plotting import plot_patching
+
+    model, _, _, run = _causal_run(ctx)
+    frame = patching_maps(model, run, bootstrap=1000, seed=ctx.config.seed)
+    atomic_write_text(ctx.path("patch.csv"), frame.to_csv(index=False))
+    plot_patching(frame, ctx.path("patch.png"), "KV patching (twin passcode, same mementos)")
+    maps = frame[(frame.experiment == "patch_layer_head") & (frame.which == "both")]
+    top = maps.sort_values("effect", ascending=False).iloc[0]
+    reference = frame[(frame.experiment == "reference") & (frame.measure == "logit_difference")]
+    return {"top_layer_head": {"layer": int(top.layer), "kv_head": int(top.kv_head), "effect": float(top.effect),
+                               "effect_low": float(top.effect_low), "effect_high": float(top.effect_high)},
+            "second_effect": float(maps.sort_values("effect", ascending=False).iloc[1].effect),
+            "logit_difference": {r.source: float(r.metric) for r in reference.itertuples()},
+            "files": ["patch.csv", "patch.png"]}
+
+
+def stage_ablate(ctx: Context) -> dict:
+    from leakage.causal import ablation_sweep
+    from leakage.plotting import plot_ablation
+
+    model, tokenizer, examples, run = _causal_run(ctx)
+    frame = ablation_sweep(model, tokenizer, examples, run, EvictionConfig(), bootstrap=1000, seed=ctx.config.seed)
+    atomic_write_text(ctx.path("ablate.csv"), frame.to_csv(index=False))
+    plot_ablation(frame, ctx.path("ablate.png"), "KV ablation of the retained positions")
+    layers = frame[frame.experiment == "ablate_layer"]
+    return {"clean": float(frame.clean.iloc[0]),
+            "by_layer": {f"{r.source}/{r.layer}": {"accuracy": float(r.metric), "ci95_low": float(r.metric_low),
+                                                   "ci95_high": float(r.metric_high),
+                                                   "restart_share": float(r.restart_share)}
+                         for r in layers.itertuples()},
+            "files": ["ablate.csv", "ablate.png"]}
+
+
+def stage_erase(ctx: Context) -> dict:
+    from leakage.causal import erasure_curve
+    from leakage.plotting import plot_erasure
+
+    model, tokenizer = ctx.model()
+    experiment = CausalExperiment(n=ctx.config.plan.causal_n, reference=8 * ctx.config.plan.causal_n,
+                                  seed=ctx.config.seed)
+    frame = erasure_curve(model, tokenizer, ctx.config.task, EvictionConfig(), experiment)
+    atomic_write_text(ctx.path("erase.csv"), frame.to_csv(index=False))
+    plot_erasure(frame, ctx.path("erase.png"), "LEACE vs a random subspace of the same rank")
+    full = frame[frame.strength == 1.0].set_index("method")
+    return {method: {"probe_accuracy": float(full.probe_accuracy[method]),
+                     "answer_accuracy": float(full.answer_accuracy[method])} for method in full.index} | {
+        "files": ["erase.csv", "erase.png"]}
+
+
+def stage_control(ctx: Context) -> dict:
+    from leakage.evaluate import block_accuracy_free_running, block_accuracy_teacher_forced
+    from leakage.model import load_model
+    from leakage.tasks import make_example
+
+    config = ctx.config
+    final = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
+                           eviction=EvictionConfig(restart=True),
+                           name=f"reproduce-passcode{config.plan.n_blocks}-restart-{config.preset}")
+    model, tokenizer = load_model(final)
+    examples = [make_example(config.task, tokenizer, config.seed + 1, i, "val") for i in range(config.plan.n_eval)]
+    restart = EvictionConfig(restart=True)
+    return {"checkpoint": str(final),
+            "restart/sums_teacher_forced": block_accuracy_teacher_forced(model, tokenizer, examples, restart).as_dict(),
+            "restart/sums_free_running": block_accuracy_free_running(model, tokenizer, examples, restart).as_dict()}
+
+
+STAGES: dict[str, Callable[[Context], dict]] = {
+    "train": stage_train, "evaluate": stage_evaluate, "kv": stage_kv, "probe": stage_probe,
+    "restart": stage_restart, "patch": stage_patch, "ablate": stage_ablate, "erase": stage_erase,
+    "control": stage_control,
+}
+EXTRAS = ("erase", "control")
+
+
+def _key(config: ReproduceConfig, name: str, checkpoint: Path | None) -> str:
+    """What a stage's result depends on: the plan, the seed, and the trained weights."""
+    weights = checkpoint / "model.safetensors" if checkpoint is not None else None
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights is not None and weights.is_file() else ""
+    text = json.dumps([name, asdict(config.plan), config.seed, config.runs_dir if name in ("train", "control") else "",
+                       digest if name != "train" else ""], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reproduce(config: ReproduceConfig, progress: Callable | None = None,
+              log: Callable[[str], None] = lambda _: None) -> dict:
+    """Run every stage of the plan (skipping those already done with the same key); write REPORT.md.
+
+    `progress(iterable, desc)` wraps the stage loop (tqdm). Returns {stage: record}."""
+    out = Path(config.out)
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    ctx = Context(config, out)
+    names = [n for n in STAGES if n not in EXTRAS or config.plan.extras]
+    records = {}
+    for name in (progress(names, desc="reproduce") if progress else names):
+        path = out / "stages" / f"{name}.json"
+        key = _key(config, name, ctx.checkpoint)
+        if path.is_file():
+            old = json.loads(path.read_text())
+            trained = name != "train" or Path(old.get("results", {}).get("checkpoint", "")).is_dir()
+            if (old.get("key") == key and "error" not in old and trained
+                    and all((out / f).is_file() for f in old.get("files", []))):
+                records[name] = old
+                if name == "train":
+                    ctx.checkpoint = Path(old["results"]["checkpoint"])
+                log(f"[{name}] done before (same key {key}): skipped")
+                continue
+        log(f"[{name}] running")
+        start = time.perf_counter()
+        try:
+            results = STAGES[name](ctx)
+            record = {"key": key, "results": results, "files": results.pop("files", []) if isinstance(results, dict)
+                      else [], "seconds": time.perf_counter() - start}
+        except Exception as err:  # a failed stage is reported; the others still run
+            record = {"key": key, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                      "seconds": time.perf_counter() - start}
+            log(f"[{name}] FAILED: {record['error']}")
+        atomic_write_json(path, record)
+        records[name] = record
+    write_report(config, records)
+    return records
+
+
+# -- the report --------------------------------------------------------------------------------------------
+
+def _ci(value: dict | None, scale: float = 100) -> str:
+    if not value:
+        return "not measured"
+    return f"{scale * value['accuracy']:.1f}% [{scale * value['ci95_low']:.1f}, {scale * value['ci95_high']:.1f}]"
+
+
+def report_text(config: ReproduceConfig, records: dict) -> str:
+    """REPORT.md: the paper's numbers beside ours, then what the paper did not measure."""
+    r = {name: rec.get("results", {}) for name, rec in records.items()}
+    ev, probe, restart, kv = r.get("evaluate", {}), r.get("probe", {}), r.get("restart", {}), r.get("kv", {})
+    command = f"leakage reproduce --preset {config.preset} --out {config.out}" + (" --extras" if config.extras else "")
+    lines = [f"# Memento leakage: `{config.preset}` reproduction", "",
+             f"Made by `{command}` ({platform.processor() or platform.machine()}); every number links to the "
+             "file it came from (stage records: `stages/`). Model: a 4-layer Qwen3-architecture "
+             f"transformer trained from scratch ({config.plan.train} preset) on the passcode task, "
+             f"{config.plan.n_blocks} blocks of 5 digits with running-sum mementos and a 5-digit passcode in block 1 "
+             "that enters no memento.", "",
+             "## The paper's results at toy scale", "",
+             "| result | paper | ours [95% CI] | from |", "|---|---|---|---|",
+             f"| task accuracy, running sums (teacher-forced, memento decoding) | {PAPER['toy_task_accuracy']:.0%} (toy, 10 blocks) "
+             f"| {_ci(ev.get('memento/sums_teacher_forced'))} | stages/evaluate.json |",
+             f"| probe, memento after eviction (masked d=1) | {PAPER['toy_probe_masked_d1']:.1%} (toy) "
+             f"| {_ci(probe.get('masked_d1'))} | probe.csv |",
+             f"| probe, masked d=2 | {PAPER['toy_probe_masked_d2']:.1%} (toy) | {_ci(probe.get('masked_d2'))} | probe.csv |",
+             f"| probe, memento that saw the passcode (direct) | {PAPER['qwen3_8b_probe_direct']:.1%} (Qwen3-8B) "
+             f"| {_ci(probe.get('direct'))} | probe.csv |"]
+    sums = restart.get("sums")
+    if sums:
+        lo, hi = sums["drop_ci95"]
+        lines.append(f"| restart ablation drop | {PAPER['qwen3_8b_restart_drop_pp']} points (Qwen3-8B, AIME24) "
+                     f"| {-100 * sums['drop']:+.1f} points [{-100 * hi:+.1f}, {-100 * lo:+.1f}] (running sums, "
+                     f"memento text identical; McNemar p = {sums['mcnemar_p']:.2g}) | restart.json |")
+    if kv:
+        lines.append(f"| peak KV reduction | {PAPER['peak_kv_reduction']} | {kv['peak_ratio']:.2f}x "
+                     f"({kv['vanilla_peak']} -> {kv['memento_peak']} tokens) | kv_sawtooth.png |")
+        lines.append(f"| KV AUC reduction | {PAPER['kv_auc_reduction']} | {kv['auc_ratio']:.2f}x | kv_sawtooth.png |")
+    lines += ["", "## Beyond the paper", ""]
+    if probe:
+        lines.append(f"* Probe controls: causal control (block 0's memento) {_ci(probe.get('causal_control'))}, "
+                     f"restart KV {_ci(probe.get('restart_kv'))}, control task {_ci(probe.get('control_task'))}, "
+                     f"same architecture untrained {_ci(probe.get('random_init'))} (chance 10%; probe.csv, probe.png).")
+    if ev:
+        lines.append(f"* Passcode answer digits: memento {_ci(ev.get('memento/passcode_answer'))}, restart "
+                     f"{_ci(ev.get('restart/passcode_answer'))}, full attention {_ci(ev.get('full_attention/passcode_answer'))} "
+                     "(chance 10%: no memento text carries it; stages/evaluate.json).")
+    patch = r.get("patch")
+    if patch:
+        top = patch["top_layer_head"]
+        lines.append(f"* KV patching (twin passcode, identical mementos; 0 = clean, 1 = twin's cache): layer "
+                     f"{top['layer']} KV head {top['kv_head']} carries {top['effect']:.2f} [{top['effect_low']:.2f}, "
+                     f"{top['effect_high']:.2f}] of the effect, the next layer x head {patch['second_effect']:.2f} "
+                     "(patch.csv, patch.png).")
+    ablate = r.get("ablate")
+    if ablate:
+        best = max((v for k, v in ablate["by_layer"].items() if k.startswith("restart/") and not k.endswith("/all")),
+                   key=lambda v: v["restart_share"])
+        layer = next(k for k, v in ablate["by_layer"].items() if v is best).split("/")[1]
+        lines.append(f"* KV ablation: answer digits {100 * ablate['clean']:.1f}% clean; splicing in the restart KV of "
+                     f"layer {layer} alone gives {_ci(best)}, {100 * best['restart_share']:.0f}% of the all-layer "
+                     "restart drop (ablate.csv, ablate.png).")
+    erase = r.get("erase")
+    if erase:
+        lines.append(f"* LEACE on the retained KV: probe {100 * erase['leace']['probe_accuracy']:.1f}%, answer "
+                     f"{100 * erase['leace']['answer_accuracy']:.1f}%; a random subspace of the same rank: probe "
+                     f"{100 * erase['random']['probe_accuracy']:.1f}%, answer {100 * erase['random']['answer_accuracy']:.1f}% "
+                     "(erase.csv, erase.png).")
+    control = r.get("control")
+    if control:
+        lines.append(f"* Restart-trained control under restart decoding: running sums "
+                     f"{_ci(control.get('restart/sums_free_running'))} free-running, "
+                     f"{_ci(control.get('restart/sums_teacher_forced'))} teacher-forced, against the memento "
+                     f"model's {_ci(ev.get('memento/sums_free_running'))} free-running under memento decoding.")
+    lines += ["", "## Stages", "", "| stage | seconds | status | files |", "|---|---|---|---|"]
+    for name, rec in records.items():
+        status = "failed: " + rec["error"].splitlines()[0] if "error" in rec else "ok"
+        lines.append(f"| {name} | {rec.get('seconds', 0):.0f} | {status} | {', '.join(rec.get('files', []))} |")
+    total = sum(rec.get("seconds", 0) for rec in records.values())
+    lines += ["", f"Total {total:.0f} s in this run's stages (stages skipped as done count the time they took "
+              "when they ran). `docs/results.md` has the full-size experiments behind each line."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(config: ReproduceConfig, records: dict) -> Path:
+    path = Path(config.out) / "REPORT.md"
+    atomic_write_text(path, report_text(config, records))
+    return path

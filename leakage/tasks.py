@@ -47,6 +47,8 @@ class TaskConfig:
     digits_per_block: random digits in each (full-length) block.
     sum_digits: digits of the running sum (mod 10**sum_digits), the memento.
     passcode_block: block holding the passcode (none: no passcode).
+    passcode_blocks: a training mixture: each example draws its passcode block uniformly from these
+        (comma-separated; overrides passcode_block), so one model learns every distance to the answer.
     passcode_digits: digits of the passcode.
     little_endian_sums: write sums ones digit first.
     short_block_rate: training curriculum, the share of blocks with 1..digits_per_block-1 digits.
@@ -57,6 +59,7 @@ class TaskConfig:
     digits_per_block: int = 5
     sum_digits: int = 3
     passcode_block: int | None = 1
+    passcode_blocks: tuple[int, ...] = ()
     passcode_digits: int = 5
     little_endian_sums: bool = True  # sums written ones digit first (see module docstring)
     short_block_rate: float = 0.0  # training curriculum: share of blocks with 1..digits_per_block-1 digits
@@ -73,8 +76,19 @@ class TaskConfig:
             raise ValueError("short_block_rate must be in [0, 1] with digits_per_block >= 2")
         if self.passcode_block is not None and not 0 <= self.passcode_block < self.n_blocks:
             raise ValueError(f"passcode_block {self.passcode_block} outside 0..{self.n_blocks - 1}")
-        if self.task == "passcode" and self.passcode_block is None:
+        if self.task == "passcode" and self.passcode_block is None and not self.passcode_blocks:
             raise ValueError("the passcode task needs a passcode_block")
+        bad = [b for b in self.passcode_blocks if not 0 <= b < self.n_blocks]
+        if bad:
+            raise ValueError(f"passcode_blocks {bad} outside 0..{self.n_blocks - 1}")
+
+    def passcode_block_of(self, seed: int, index: int, split: str) -> int | None:
+        """Example `index`'s passcode block: `passcode_block`, or a uniform draw from `passcode_blocks`
+        (its own random stream, so the rest of the example does not depend on it)."""
+        if not self.passcode_blocks:
+            return self.passcode_block
+        rng = np.random.default_rng([seed, index, 0 if split == "train" else 1, 1])
+        return int(self.passcode_blocks[rng.integers(len(self.passcode_blocks))])
 
 
 @dataclass
@@ -94,6 +108,7 @@ class Example:
     answer: list[int]  # answer digits
     positions: TracePositions
     passcode: int | None = None
+    passcode_block: int | None = None
     recall: tuple[int, int] | None = None  # (block, digit index) asked for
 
     @property
@@ -139,8 +154,8 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
     rng = np.random.default_rng([seed, index, 0 if split == "train" else 1])
     modulus = 10 ** config.sum_digits
     blocks, block_digits, sums, running = [], [], [], 0
-    passcode = None
-    if config.passcode_block is not None:
+    passcode, passcode_block = None, config.passcode_block_of(seed, index, split)
+    if passcode_block is not None:
         while passcode is None or passcode_split(passcode, val_fraction) != split:
             passcode = int(rng.integers(0, 10 ** config.passcode_digits))
     def written(value: int) -> list[int]:
@@ -154,7 +169,7 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
         digits = rng.integers(0, 10, count).tolist()
         running = (running + sum(digits)) % modulus
         pieces = [(f"digits/{i}", _words(digits)), (None, "="), (f"sum/{i}", _words(written(running)))]
-        if i == config.passcode_block:
+        if i == passcode_block:
             pieces += [(None, "passcode"), ("passcode", _words(_digits(passcode, config.passcode_digits)))]
         blocks.append((Named(*pieces), _words(written(running))))
         block_digits.append(digits)
@@ -176,7 +191,7 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
     spans = parse_spans(rendered.ids, tokenizer)
     return Example(ids=rendered.ids, prompt_len=spans.prompt_len, trace=trace, block_digits=block_digits,
                    running_sums=sums, answer=answer, positions=trace_positions(spans, parts), passcode=passcode,
-                   recall=recall)
+                   passcode_block=passcode_block, recall=recall)
 
 
 def recall_text_only_accuracy(digits_per_block: int = 5) -> float:

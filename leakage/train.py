@@ -3,7 +3,7 @@
 Stage 1 trains with full causal attention (learn the format); stage 2 starts from stage 1's best
 checkpoint (lowest validation loss) and trains with the memento mask (learn to live without evicted
 blocks). The only Memento-specific piece is `MementoCollator`, which builds each batch's mask with
-`leakage.mask.memento_mask` — so the same command scales with `torchrun`, accelerate or DeepSpeed.
+`leakage.mask.unroll` (the memento mask; under restart, the unrolled recomputation) — so the same command scales with `torchrun`, accelerate or DeepSpeed.
 
 Run folder::
 
@@ -31,7 +31,8 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from leakage.config import EvictionConfig
 from leakage.evaluate import task_accuracy
 from leakage.io import atomic_write_json
-from leakage.mask import additive_mask, memento_mask
+from leakage.mask import additive_mask, unroll
+from leakage.spans import parse_spans
 from leakage.model import build_model, load_model, save_model
 from leakage.tasks import TaskConfig, make_example
 
@@ -101,8 +102,10 @@ class RunConfig:
         return self.preset.stage1_steps if stage == 1 else self.preset.stage2_steps
 
     def to_dict(self) -> dict:
-        return {"task": asdict(self.task), "preset": asdict(self.preset), "stages": list(self.stages),
-                "eviction": asdict(self.eviction), "seed": self.seed}
+        """The config as its JSON form (tuples as lists), as `config.json` holds it."""
+        fields = {"task": asdict(self.task), "preset": asdict(self.preset), "stages": list(self.stages),
+                  "eviction": asdict(self.eviction), "seed": self.seed}
+        return json.loads(json.dumps(fields))
 
 
 class TaskDataset(Dataset):
@@ -126,32 +129,43 @@ class TaskDataset(Dataset):
 
 @dataclass
 class MementoCollator:
-    """Right-pads a batch and builds labels and the attention mask.
+    """Right-pads a batch and builds labels, position ids and the attention mask of eviction decoding.
 
-    Returns input_ids (B, T), labels (B, T) with -100 on prompt and padding (loss on completion tokens
-    only), and attention_mask (B, 1, T, T): `memento_mask` with `eviction`'s spec (stage 1:
-    keep_last_n_blocks=-1, i.e. causal with padding; the same `EvictionConfig` decoding takes) in
-    additive float form — HF's eager attention
-    adds a 4D mask to the scores, so a bool mask would not mask anything.
+    Each row is laid out as its unrolled forward (`leakage.mask.unroll`): the sequence itself, except
+    under restart, where every recomputed memento span appears twice (the copy written while its block
+    was visible, whose logits predict the memento, and the recomputation later tokens see), so one
+    forward computes exactly what restart decoding computes at every predicted token. Returns
+    input_ids, position_ids (the logical positions) and labels (B, T'), -100 on prompt, padding and rows
+    that predict nothing, and attention_mask (B, 1, T', T') in additive float form (HF's eager attention
+    adds a 4D mask to the scores, so a bool mask would not mask anything). Stage 1 passes
+    keep_last_n_blocks=-1: causal with padding.
     """
 
     tokenizer: object
     eviction: EvictionConfig
 
     def __call__(self, features: list[dict]) -> dict:
-        T = max(len(f["input_ids"]) for f in features)
-        B = len(features)
+        layouts = []
+        for i, f in enumerate(features):
+            try:
+                spans = parse_spans(list(f["input_ids"]), self.tokenizer, prompt_len=f["prompt_len"])
+            except ValueError as err:
+                raise ValueError(f"batch row {i}: {err}") from err
+            layouts.append(unroll(spans, self.eviction))
+        B, T = len(features), max(len(u.index) for u in layouts)
         ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
-        real = torch.zeros(B, T, dtype=torch.bool)
+        positions = torch.arange(T).repeat(B, 1)
         labels = torch.full((B, T), -100, dtype=torch.long)
-        for b, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[b, :n] = torch.tensor(f["input_ids"])
-            real[b, :n] = True
-            labels[b, f["prompt_len"]:n] = ids[b, f["prompt_len"]:n]
-        mask = memento_mask(ids, self.tokenizer, padding_mask=real, prompt_len=[f["prompt_len"] for f in features],
-                            config=self.eviction)
-        return {"input_ids": ids, "labels": labels, "attention_mask": additive_mask(mask)}
+        mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # pad rows see themselves
+        for b, (f, u) in enumerate(zip(features, layouts)):
+            tokens, n = torch.tensor(f["input_ids"]), len(u.index)
+            ids[b, :n], positions[b, :n] = tokens[u.index], u.index
+            mask[b, :n, :n] = u.mask
+            nxt = u.index + 1  # the logical position each row's logits predict
+            trained = u.predicts & (nxt >= f["prompt_len"]) & (nxt < len(tokens))
+            targets = torch.where(trained, tokens[nxt.clamp(max=len(tokens) - 1)], -100)
+            labels[b, 1:n] = targets[:-1]  # HF shifts labels: row r's logits are scored against labels[r + 1]
+        return {"input_ids": ids, "position_ids": positions, "labels": labels, "attention_mask": additive_mask(mask)}
 
 
 class MetricsLogger(TrainerCallback):

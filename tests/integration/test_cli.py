@@ -64,3 +64,22 @@ def test_consistency_reports_both_checks(capsys, tmp_path, tiny):
     for gaps in report["engine"].values():  # eviction decoding computes what the masked forward computes
         assert gaps["max_abs_logit_diff_decoder_vs_masked_forward"] < 1e-4
         assert gaps["max_abs_kv_diff_decoder_vs_masked_forward"] < 1e-4
+
+
+@pytest.mark.parametrize("command", ["patch", "ablate", "erase"])
+def test_causal_commands_write_csv_config_and_figure(capsys, tmp_path, tiny, command):
+    import json
+
+    import pandas as pd
+
+    from leakage.model import save_model
+
+    save_model(*tiny, tmp_path / "ckpt")
+    out = tmp_path / f"{command}.csv"
+    assert main([command, str(tmp_path / "ckpt"), "--n", "6", "--reference", "40", "--strengths", "0,1",
+                 "--bootstrap", "20", "--blocks", "3", "--passcode-block", "0", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert len(frame) > 0 and frame.command.str.startswith(f"leakage {command} ").all()
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["task"]["task"] == "passcode" and config["experiment"]["strengths"] == [0.0, 1.0]
+    assert out.with_suffix(".png").stat().st_size > 0

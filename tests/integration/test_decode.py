@@ -16,6 +16,7 @@ from leakage.spans import parse_spans
 from leakage.kv import simulate_kv, uniform_trace_peaks
 from leakage.mask import additive_mask, memento_mask
 from leakage.model import build_model
+from leakage.train import MementoCollator
 from leakage.spans import MarkerIds
 from leakage.trace import MementoTrace
 from tests.strategies import memento_streams
@@ -73,6 +74,38 @@ def test_teacher_forced_eviction_equals_dense_masked_forward(rows, config, for_a
         for q in range(len(ids)):  # the cache held exactly what the mask lets query q see
             assert attended[q] == mask[q].nonzero().flatten().tolist(), f"row {b}, query {q}"
         assert result.sequences[b].kv.cached_tokens == simulate_kv(ids, TOKENIZER, config).cached_tokens
+
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(memento_streams(max_blocks=3, markers=MARKERS, words=WORDS).filter(lambda r: len(r) > 1),
+                     min_size=1, max_size=3),
+       config=st.sampled_from(CONFIGS), for_answer=st.booleans(), model_name=st.sampled_from(sorted(MODELS)))
+def test_training_batch_computes_every_prediction_eviction_decoding_makes(rows, config, for_answer, model_name):
+    """The collator's unrolled forward (restart: memento written with its block visible, then recomputed)
+    gives, for every token, the logits the decoder predicted it from: its first computation."""
+    config = EvictionConfig(**{**config.__dict__, "keep_last_block_for_answer": for_answer})
+    model, _ = MODELS[model_name]
+    first = {}  # (row, position) -> the logits the decoder chose token position + 1 from
+
+    def keep_first(step, cache):
+        for b, positions in enumerate(step.positions):
+            for i, p in enumerate(positions):
+                first.setdefault((b, p), step.logits[b, i].clone())
+
+    teacher_force(model, TOKENIZER, rows, config, on_step=keep_first)
+    prompt_lens = [parse_spans(r, TOKENIZER, strict=False).prompt_len for r in rows]
+    batch = MementoCollator(TOKENIZER, config)([{"input_ids": r, "prompt_len": n} for r, n in zip(rows, prompt_lens)])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"]).logits
+    for b, (ids, n) in enumerate(zip(rows, prompt_lens)):
+        trained = (batch["labels"][b, 1:] != -100).nonzero().flatten()  # rows whose logits are scored
+        logical = batch["position_ids"][b, trained].tolist()
+        assert sorted(logical) == list(range(max(n - 1, 0), len(ids) - 1))  # every target exactly once
+        for row, p in zip(trained.tolist(), logical):
+            assert batch["labels"][b, row + 1] == ids[p + 1]
+            assert (logits[b, row] - first[(b, p)]).abs().max() < 1e-4, f"row {b}, position {p}"
 
 
 ROWS = [MementoTrace("sum", [("1 2 3", "6"), ("4 5", "9"), ("7", "1 6")], "1 6").to_ids(TOKENIZER),

@@ -193,20 +193,39 @@ def test_cli_train_and_eval_smoke(tmp_path, capsys):
     assert results["memento/free_running"]["total"] == 12
 
 
-def test_reproduce_smoke_writes_results_and_figures(tmp_path, capsys):
+def test_reproduce_smoke_writes_every_file_its_report_names_and_a_rerun_skips_done_stages(tmp_path, capsys):
+    import re
+
     from leakage.cli import main
 
-    figures = tmp_path / "figures"
-    assert main(["reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"),
-                 "--figures-dir", str(figures), "--n-eval", "2", "--tasks", "digits", "recall", "passcode"]) == 0
-    report = json.loads((figures / "reproduce_smoke.json").read_text())
-    assert set(report["tasks"]) == {"digits", "recall", "passcode"}
-    digits = report["tasks"]["digits"]
-    assert digits["memento/free_running"]["total"] == 20  # 2 examples x 10 blocks
-    assert digits["decoded_trace_kv"]["vanilla_peak"] >= digits["decoded_trace_kv"]["memento_peak"]
-    assert report["tasks"]["recall"]["restart/answer"]["total"] == 2
-    assert report["tasks"]["passcode"]["memento/answer"]["total"] == 10  # 2 examples x 5 passcode digits
-    assert report["command"].endswith("--tasks digits recall passcode")
-    for name in ("training_digits_smoke.png", "training_recall_smoke.csv", "kv_sawtooth_digits_smoke.png"):
-        assert (figures / name).stat().st_size > 0
-    assert "results (smoke preset" in capsys.readouterr().out
+    out = tmp_path / "out"
+    argv = ["reproduce", "--preset", "smoke", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 0
+    report = (out / "REPORT.md").read_text()
+    named = set(re.findall(r"[\w/]+\.(?:csv|png|json)", report))
+    assert {"probe.csv", "patch.png", "ablate.csv", "restart.json", "kv_sawtooth.png", "stages/evaluate.json"} <= named
+    for name in named:
+        assert (out / name).is_file(), f"REPORT.md names {name}, which was not written"
+    for stage in ("train", "evaluate", "kv", "probe", "restart", "patch", "ablate"):
+        record = json.loads((out / "stages" / f"{stage}.json").read_text())
+        assert "error" not in record, record.get("traceback")
+    assert "failed" not in report
+    capsys.readouterr()
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 7 and "running" not in printed
+
+
+def test_reproduce_reports_a_failing_stage_and_runs_the_others(tmp_path, monkeypatch):
+    from leakage import reproduce
+
+    def broken(ctx):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setitem(reproduce.STAGES, "kv", broken)
+    config = reproduce.ReproduceConfig(preset="smoke", out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
+    monkeypatch.setitem(reproduce.STAGES, "probe", broken)
+    records = reproduce.reproduce(config)
+    assert "planted failure" in records["kv"]["error"] and "error" not in records["restart"]
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "| kv |" in report and "failed: RuntimeError: planted failure" in report

@@ -1,0 +1,42 @@
+"""Every notebook is a jupytext pair (percent-format .py and an .ipynb stored without outputs) and runs top
+to bottom on the smoke preset (models trained in seconds, in a scratch folder)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
+FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """One scratch folder for all notebooks, so the smoke models trained by one are reused by the next."""
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def test_there_are_five_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == ["01_format_and_masks", "02_eviction_decoding", "03_probing_leakage",
+                                           "04_patching_and_ablation", "05_real_traces"]
+
+
+@pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_a_pair_and_runs_on_smoke(script, workdir, monkeypatch):
+    import jupytext
+    import nbformat
+    from nbclient import NotebookClient
+
+    stored = nbformat.read(script.with_suffix(".ipynb"), as_version=4)
+    assert [c.source for c in stored.cells] == [c.source for c in jupytext.read(script).cells], \
+        f"{script.name} and its .ipynb differ: run `jupytext --sync {script}`"
+    assert not any(c.get("outputs") or c.get("execution_count") for c in stored.cells if c.cell_type == "code")
+    if "real_traces" in script.stem and not FIXTURES.is_dir():
+        pytest.skip(f"the shared fixtures are not at {FIXTURES}")
+    monkeypatch.setenv("LEAKAGE_PRESET", "smoke")
+    monkeypatch.setenv("LEAKAGE_FIXTURES", str(FIXTURES))
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    NotebookClient(stored, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
