@@ -229,3 +229,17 @@ def test_reproduce_reports_a_failing_stage_and_runs_the_others(tmp_path, monkeyp
     assert "planted failure" in records["kv"]["error"] and "error" not in records["restart"]
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "| kv |" in report and "failed: RuntimeError: planted failure" in report
+
+
+def test_reproduce_extras_run_the_erasure_and_the_restart_trained_control(tmp_path):
+    from leakage import reproduce
+
+    config = reproduce.ReproduceConfig(preset="smoke", out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"),
+                                       extras=True)
+    records = reproduce.reproduce(config)
+    for stage in ("erase", "control"):
+        assert "error" not in records[stage], records[stage].get("traceback")
+    assert records["control"]["results"]["restart/sums_teacher_forced"]["total"] > 0
+    assert (tmp_path / "runs" / "reproduce-passcode3-restart-smoke" / "final").is_dir()
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "LEACE on the retained KV" in report and "Restart-trained control" in report
