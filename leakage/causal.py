@@ -45,14 +45,10 @@ def digit_token(tokenizer, digit: int) -> int:
     return tokenizer.convert_tokens_to_ids(str(digit))
 
 
-def passcode_digits(example: Example) -> list[int]:
-    return [int(d) for d in str(example.passcode).zfill(len(example.passcode_positions))]
-
-
 def twin(example: Example, tokenizer, rng: np.random.Generator) -> tuple[list[int], list[int]]:
     """The example with another random passcode whose first digit differs, in its block and its answer:
     (ids, the twin's digits)."""
-    digits = passcode_digits(example)
+    digits = example.passcode_digits
     other = rng.integers(0, 10, len(digits)).tolist()
     if other[0] == digits[0]:
         other[0] = (digits[0] + int(rng.integers(1, 10))) % 10
@@ -139,7 +135,7 @@ def patching_maps(model, run: PatchRun, bootstrap: int = 1000, seed: int = 0, pr
 def ablation_sources(model, tokenizer, examples: list[Example], run: PatchRun, config: EvictionConfig) -> dict[str, KV]:
     """Replacement KV of the ablation sweep: resample (the twin), mean, restart (same tokens), zero."""
     restart = passcode_run(model, tokenizer, examples, [e.ids for e in examples],
-                           [passcode_digits(e) for e in examples], config,
+                           [e.passcode_digits for e in examples], config,
                            source_config=replace(config, restart=True)).source
     return {"resample": run.source, "mean": mean_kv(run.target), "restart": restart, "zero": zero_kv(run.target)}
 
@@ -189,7 +185,7 @@ def _set_features(kv: KV, layer: int, positions: list[int], features: torch.Tens
 
 def one_hot_digits(examples: list[Example]) -> torch.Tensor:
     """(N, digits * 10) float64: the passcode, one-hot per digit."""
-    digits = torch.tensor([passcode_digits(e) for e in examples])
+    digits = torch.tensor([e.passcode_digits for e in examples])
     return torch.nn.functional.one_hot(digits, 10).flatten(1).double()
 
 
@@ -234,11 +230,11 @@ def erasure_curve(model, tokenizer, task: TaskConfig, config: EvictionConfig, ex
     fitted, probed_set = reference[:len(reference) // 2], reference[len(reference) // 2:]  # erasers never see the probe's rows
     examples, twins, digits = passcode_pairs(task, tokenizer, experiment.n, experiment.seed)
     fit_run, probe_run = (passcode_run(model, tokenizer, part, [e.ids for e in part],
-                                       [passcode_digits(e) for e in part], config) for part in (fitted, probed_set))
+                                       [e.passcode_digits for e in part], config) for part in (fitted, probed_set))
     run = passcode_run(model, tokenizer, examples, twins, digits, config)
     positions = leaked_positions(run, examples[0])
     z = one_hot_digits(fitted)
-    labels = torch.tensor([passcode_digits(e) for e in probed_set])
+    labels = torch.tensor([e.passcode_digits for e in probed_set])
     groups = np.array([e.passcode for e in probed_set])
     L = run.target.keys.shape[1]
     erasers = {"leace": [], "random": []}

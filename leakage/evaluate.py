@@ -124,6 +124,12 @@ def task_accuracy(model, tokenizer, examples: list[Example], task: str, config: 
     return score(model, tokenizer, examples, config)
 
 
+def decoding_modes(eviction: EvictionConfig = EvictionConfig()) -> dict[str, EvictionConfig]:
+    """The three decodings a checkpoint is scored under: memento (`eviction`), restart, full attention."""
+    return {"memento": replace(eviction, restart=False), "restart": replace(eviction, restart=True),
+            "full_attention": EvictionConfig(keep_last_n_blocks=-1)}
+
+
 def evaluate_checkpoint(model, tokenizer, task: TaskConfig, n: int, seed: int = 1,
                         eviction: EvictionConfig = EvictionConfig()) -> dict:
     """Accuracy on `n` validation examples under memento, restart and full-attention decoding.
@@ -133,8 +139,7 @@ def evaluate_checkpoint(model, tokenizer, task: TaskConfig, n: int, seed: int = 
     anything about it). Each accuracy carries a Wilson 95% interval.
     """
     examples = [make_example(task, tokenizer, seed, i, "val") for i in range(n)]
-    configs = {"memento": replace(eviction, restart=False), "restart": replace(eviction, restart=True),
-               "full_attention": EvictionConfig(keep_last_n_blocks=-1)}
+    configs = decoding_modes(eviction)
     scorers = ({"free_running": block_accuracy_free_running, "teacher_forced": block_accuracy_teacher_forced}
                if task.task == "digits" else {"answer": answer_accuracy})
     results = {"task": task.task, "n_examples": n, "seed": seed, "eviction": asdict(eviction)}

@@ -130,10 +130,13 @@ def patch_run(model, tokenizer, ids, source_ids, config: EvictionConfig, at: int
     check_token_ids(ids.tolist(), vocab_size(model))
     ids, source = ids[:, :queries[-1] + 1], source[:, :queries[-1] + 1]
     mask = _mask(ids, tokenizer, config, prompt_len)
-    source_mask = _mask(source, tokenizer, source_config or config, prompt_len)
+    target = prefix_kv(model, ids, mask, at)
+    if torch.equal(source, ids) and source_config in (None, config):  # the same run: its prefix is the target's
+        source_kv = target.clone()
+    else:
+        source_kv = prefix_kv(model, source, _mask(source, tokenizer, source_config or config, prompt_len), at)
     spans = parse_spans(ids[0].tolist(), tokenizer, prompt_len=prompt_len[0] if prompt_len else None, strict=False)
-    return PatchRun(ids=ids, mask=mask, at=at, queries=queries, answer=answer,
-                    target=prefix_kv(model, ids, mask, at), source=prefix_kv(model, source, source_mask, at),
+    return PatchRun(ids=ids, mask=mask, at=at, queries=queries, answer=answer, target=target, source=source_kv,
                     held=mask[:, at, :at].clone(), kinds=part_labels(trace_positions(spans))[:at])
 
 
@@ -303,12 +306,16 @@ class PatchResult:
                        metric_high=np.percentile(boot, 97.5))
             if clean is not None and corrupted is not None:
                 c, k = clean.double().numpy(), corrupted.double().numpy()
-                effect = lambda v, c, k: (v.mean(-1) - c.mean(-1)) / (k.mean(-1) - c.mean(-1))
-                boot_effect = effect(cell[draws], c[draws], k[draws])
-                row.update(effect=effect(cell, c, k), effect_low=np.percentile(boot_effect, 2.5),
+                boot_effect = _normalised(cell[draws], c[draws], k[draws])
+                row.update(effect=_normalised(cell, c, k), effect_low=np.percentile(boot_effect, 2.5),
                            effect_high=np.percentile(boot_effect, 97.5))
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+def _normalised(values: np.ndarray, clean: np.ndarray, corrupted: np.ndarray) -> np.ndarray:
+    """(mean(values) - mean(clean)) / (mean(corrupted) - mean(clean)) over the last axis (examples)."""
+    return (values.mean(-1) - clean.mean(-1)) / (corrupted.mean(-1) - clean.mean(-1))
 
 
 @torch.no_grad()

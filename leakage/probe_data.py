@@ -66,7 +66,7 @@ def synthetic_traces(task: TaskConfig, tokenizer, n: int, seed: int = 0) -> list
     out = []
     for i in range(n):
         e = make_example(task, tokenizer, seed, i, "train" if i % 2 else "val")
-        digits = tuple(int(d) for d in f"{e.passcode:0{task.passcode_digits}d}")
+        digits = tuple(e.passcode_digits)
         out.append(ProbeTrace(ids=e.ids, positions=e.positions, passcode_block=task.passcode_block, digits=digits))
     return out
 

@@ -164,14 +164,14 @@ def stage_train(ctx: Context) -> dict:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    from leakage.evaluate import answer_accuracy, block_accuracy_free_running, block_accuracy_teacher_forced
+    from leakage.evaluate import (answer_accuracy, block_accuracy_free_running, block_accuracy_teacher_forced,
+                                  decoding_modes)
     from leakage.tasks import make_example
 
     model, tokenizer = ctx.model()
     examples = [make_example(ctx.config.task, tokenizer, ctx.config.seed + 1, i, "val")
                 for i in range(ctx.config.plan.n_eval)]
-    configs = {"memento": EvictionConfig(), "restart": EvictionConfig(restart=True),
-               "full_attention": EvictionConfig(keep_last_n_blocks=-1)}
+    configs = decoding_modes()
     scorers = {"sums_teacher_forced": block_accuracy_teacher_forced, "sums_free_running": block_accuracy_free_running,
                "passcode_answer": answer_accuracy}
     return {f"{mode}/{name}": scorer(model, tokenizer, examples, config).as_dict()

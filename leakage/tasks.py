@@ -126,6 +126,11 @@ class Example:
         return self.positions.select("answer_digits")
 
     @property
+    def passcode_digits(self) -> list[int]:
+        """The passcode's digits, in order (empty without a passcode)."""
+        return _digits(self.passcode, len(self.passcode_positions)) if self.passcode is not None else []
+
+    @property
     def passcode_positions(self) -> list[int]:
         return self.positions.select("passcode") if self.passcode is not None else []
 
