@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment
+from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment, RLConfig
 from leakage.reproduce import ReproduceConfig
 from leakage.flags import add_flags, from_flags
 from leakage.pipeline.cli import add_data_commands
@@ -172,6 +172,59 @@ def _train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     final = train(run, args.out, resume=args.resume, overwrite=args.overwrite)
     print(f"trained {args.task} ({args.preset}) in {time.perf_counter() - start:.0f} s; final model: {final}")
+    return 0
+
+
+def _rl(args: argparse.Namespace) -> int:
+    """CISPO from an SFT run, then the before/after analysis (see leakage.rl, leakage.rl_analysis)."""
+    import json
+    import os
+    import time
+    import warnings
+    from pathlib import Path
+
+    import pandas as pd
+
+    from leakage.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+    from leakage.plotting import plot_rl
+    from leakage.probe import ProbeConfig
+    from leakage.rl import rl_train, sft_source
+    from leakage.rl_analysis import analysis_rows, compare_checkpoints
+
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func: documented in leakage.rl
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # TRL, per step
+    config = from_flags(RLConfig, args)
+    out = Path(args.out)
+    final = rl_train(config, args.source, out, resume=args.resume, overwrite=args.overwrite)
+    train_seconds = json.loads((out / "done.json").read_text(encoding="utf-8"))["wall_seconds"]
+    print(f"RL ({config.task}, {config.preset}) in {train_seconds:.0f} s; final model: {final}")
+    if not args.analysis:
+        return 0
+    start = time.perf_counter()
+    checkpoint, task = sft_source(args.source, config.task)
+    plan = config.plan
+    probe = ProbeConfig(kind="linear", max_epochs=5) if config.preset == "smoke" else None
+    records = compare_checkpoints(checkpoint, final, task, plan.n_eval, plan.eval_samples, plan.probe_traces,
+                                  config.temperature, probe=probe, log=print)
+    command = "leakage rl " + " ".join(args.argv)
+    rows = pd.DataFrame(analysis_rows(records))
+    analysis = {"command": command, "from": str(checkpoint), "rl": json.loads(json.dumps(vars(config))),
+                "task": json.loads(json.dumps(vars(task))), "train_seconds": train_seconds,
+                "analysis_seconds": time.perf_counter() - start, "records": records}
+    atomic_write_json(out / "analysis.json", analysis)
+    shown = rows[~rows["metric"].str.startswith("maj@") | rows["metric"].isin(["maj@1", f"maj@{plan.eval_samples}"])]
+    print(shown.pivot(index="metric", columns="checkpoint", values="value")[["before", "after", "after_minus_before"]]
+          .to_string(float_format="%.3f", na_rep=""))
+    print(f"analysis {analysis['analysis_seconds']:.0f} s; wrote {out / 'analysis.json'}")
+    if args.report:
+        report = Path(args.report)
+        rows.insert(0, "command", command)
+        atomic_write_text(report.with_suffix(".csv"), rows.to_csv(index=False))
+        atomic_write_json(report.with_suffix(".json"), analysis)
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        metrics_copy = atomic_write_jsonl(report.parent / f"{report.name}_metrics.jsonl", metrics)
+        plot_rl(metrics, rows, report.with_suffix(".png"), f"CISPO on {config.task} ({config.preset}) from {checkpoint}")
+        print(f"wrote {report.with_suffix('.csv')}, .json, .png and {metrics_copy}")
     return 0
 
 
@@ -446,6 +499,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     train.add_argument("--overwrite", action="store_true", help="replace the run in --out (its run files only)")
     train.set_defaults(func=_train)
+
+    rl = sub.add_parser("rl", help="CISPO RL on block-masked rollouts (TRL GRPOTrainer), then before/after analysis")
+    rl.add_argument("--from", dest="source", required=True,
+                    help="the SFT run folder (runs/NAME: final/ and config.json) or a checkpoint directory")
+    rl.add_argument("--out", required=True, help="RL run folder, e.g. runs/NAME-rl")
+    add_flags(rl, RLConfig)
+    rl.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    rl.add_argument("--overwrite", action="store_true", help="replace the RL run in --out (its run files only)")
+    rl.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure before/after RL (accuracy, maj@k, KV, probe, restart drop) into --out/analysis.json")
+    rl.add_argument("--report", help="also write the analysis as CSV/JSON/PNG (and the metrics JSONL) at this "
+                                     "path stem, e.g. figures/rl_digits_fast")
+    rl.set_defaults(func=_rl)
 
     evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
     evaluate.add_argument("--checkpoint", required=True)

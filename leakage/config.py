@@ -149,3 +149,81 @@ class CausalExperiment:
     strengths: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
     bootstrap: int = 1000
     seed: int = 0
+
+
+REWARDS = ("digit_share", "exact")
+"""RL's rule-based rewards: digit_share, the share of answer digits written right (dense; the paper's
+probe score); exact, 1 when the whole answer is right."""
+
+
+@dataclass(frozen=True)
+class RLPreset:
+    """How long and how wide to run RL. A step is one optimizer step on one batch of fresh rollouts."""
+
+    steps: int
+    prompts_per_step: int
+    group_size: int  # G rollouts per prompt
+    learning_rate: float
+    warmup_steps: int  # linear warmup from 0 (Adam's first steps are sign-sized)
+    save_every: int
+    eval_every: int  # validation accuracy (greedy, free-running) during training
+    n_val: int  # validation examples for that curve
+    n_eval: int  # examples of the before/after analysis
+    eval_samples: int  # rollouts per analysis example (pass@1, maj@1..k)
+    probe_traces: int  # traces of the before/after passcode probe
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "group_size", "save_every", "eval_every", "n_val", "n_eval",
+                     "eval_samples", "probe_traces"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (advantages are relative to the group), got "
+                             f"{self.group_size}")
+
+
+RL_PRESETS: dict[str, RLPreset] = {
+    "smoke": RLPreset(steps=2, prompts_per_step=2, group_size=4, learning_rate=1e-3, warmup_steps=0, save_every=1,
+                      eval_every=1, n_val=4, n_eval=4, eval_samples=2, probe_traces=200),
+    # ~3.3 s per step on 2 CPU cores for a 10-block task; the analysis adds ~8 minutes
+    "fast": RLPreset(steps=150, prompts_per_step=8, group_size=8, learning_rate=5e-5, warmup_steps=10, save_every=25,
+                     eval_every=25, n_val=64, n_eval=256, eval_samples=8, probe_traces=10_000),
+}
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """One RL run.
+
+    task: the task rewarded (digits, recall or passcode); its shape comes from the SFT run's config.
+    preset: smoke or fast (`RL_PRESETS`).
+    reward: digit_share (share of answer digits right) or exact (1 when the whole answer is right).
+    beta: KL penalty against the SFT checkpoint (the paper: 0.001).
+    epsilon_high: CISPO's upper bound on the detached importance weight (ScaleRL's 5.0).
+    num_iterations: optimisation passes over each batch of rollouts (1: on-policy, weight exactly 1).
+    temperature: rollout sampling temperature (the paper: 1.0).
+    max_block_tokens: the block length cap (none: no cap); refused below the task's given block length.
+    seed: rollouts, data order and initialisation of the optimizer state.
+    """
+
+    task: str = "digits"
+    preset: str = "fast"
+    reward: str = "digit_share"
+    beta: float = 0.001
+    epsilon_high: float = 5.0
+    num_iterations: int = 1
+    temperature: float = 1.0
+    max_block_tokens: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.preset not in RL_PRESETS:
+            raise KeyError(f"unknown RL preset {self.preset!r}; choose one of {sorted(RL_PRESETS)}")
+        if self.reward not in REWARDS:
+            raise ValueError(f"unknown reward {self.reward!r}; choose one of {REWARDS}")
+        if self.beta < 0 or self.epsilon_high <= 0 or self.num_iterations < 1 or not self.temperature > 0:
+            raise ValueError("beta must be >= 0, epsilon_high > 0, num_iterations >= 1 and temperature > 0")
+
+    @property
+    def plan(self) -> RLPreset:
+        return RL_PRESETS[self.preset]

@@ -447,10 +447,12 @@ def generate(model, tokenizer, prompt_ids, config: EvictionConfig = EvictionConf
     return GenerationResult(sequences=sequences, cache_slots=decoder.cache_slots)
 
 
-def force_policy(sequences: list[list[int]], model_chooses: Callable[[int, int], bool] | None = None) -> Policy:
+def force_policy(sequences: list[list[int]], model_chooses: Callable[[int, int], bool] | None = None,
+                 pick: Callable[[int, int, torch.Tensor], int] | None = None) -> Policy:
     """Feed `sequences[b]` token by token, all rows in lockstep over absolute positions; where
-    `model_chooses(row, position)` is True the row takes its own greedy token instead (the free-running
-    evaluation). A row idles while its prompt is longer than the current position and ends with its
+    `model_chooses(row, position)` is True the row takes its own token instead (the free-running
+    evaluation): `pick(row, position, logits (V,))`, the greedy token by default (a sampler makes RL
+    rollouts). A row idles while its prompt is longer than the current position and ends with its
     sequence. The tokens the model chose are in the decoder's `rows[b].ids`."""
     position = [-1]  # the absolute position fed last
     last: dict[int, torch.Tensor] = {}  # row -> its latest next-token logits (rows may idle between)
@@ -469,7 +471,7 @@ def force_policy(sequences: list[list[int]], model_chooses: Callable[[int, int],
             if row.done or len(row.ids) != t:
                 tokens.append(None)
             elif model_chooses is not None and model_chooses(b, t):
-                tokens.append(int(last[b].argmax()))
+                tokens.append(int(last[b].argmax()) if pick is None else pick(b, t, last[b]))
             else:
                 tokens.append(seq[t])
         return tokens

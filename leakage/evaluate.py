@@ -101,10 +101,15 @@ def block_accuracy_free_running(model, tokenizer, examples: list[Example], confi
     return Accuracy(correct, total)
 
 
+def model_written(example: Example) -> set[int]:
+    """Positions the model writes in the free-running evaluation (and RL rollouts): the running sums,
+    the mementos and the answer; everything else (block digits, passcode, markers) is given."""
+    return {p for ps in example.sum_positions + example.memento_positions for p in ps} | set(example.answer_positions)
+
+
 def free_run(model, tokenizer, examples: list[Example], config: EvictionConfig) -> list[list[int]]:
     """Decode the examples in lockstep; sum, memento and answer tokens are the model's greedy choices."""
-    own = [set(p for ps in e.sum_positions + e.memento_positions for p in ps) | set(e.answer_positions)
-           for e in examples]
+    own = [model_written(e) for e in examples]
     decoder = Decoder(model, tokenizer, config, [e.ids[:e.prompt_len] for e in examples])
     decoder.run(force_policy([e.ids for e in examples], lambda row, position: position in own[row]))
     return [row.ids for row in decoder.rows]

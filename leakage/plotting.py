@@ -296,3 +296,62 @@ def plot_capacity(frame, path: str | Path, title: str = "") -> Path:
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def plot_rl(metrics: list[dict], rows, path: str | Path, title: str = "") -> Path:
+    """RL before/after in the style of the paper's Fig. 7: (a) maj@k against k after RL, the SFT model's
+    as the base line; (b) RL training reward and greedy validation accuracy against step; (c) the
+    implicit channel before/after (masked d=1 probe, restart drop). Panel (b) shows the reward, the share
+    of answer digits right, on the training rollouts and on greedy validation decoding.
+
+    `metrics`: the run's metrics.jsonl records; `rows`: `leakage.rl_analysis.analysis_rows` (a frame).
+    """
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    ax = axes[0]
+    maj = rows[rows["metric"].str.startswith("maj@")]
+    for checkpoint, style in (("before", "--"), ("after", "o-")):
+        part = maj[maj["checkpoint"] == checkpoint].sort_values("k")
+        ax.plot(part["k"], part["value"], style, ms=4, label=f"{'SFT (base)' if checkpoint == 'before' else 'RL'}")
+        ax.fill_between(part["k"], part["ci95_low"], part["ci95_high"], alpha=0.15)
+    ax.set_xlabel("k (samples, temperature 1)")
+    ax.set_ylabel("maj@k (whole answer)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(frameon=False)
+    ax.set_title("(a) maj@k")
+    ax = axes[1]
+    train = [(r["step"], r["rollout/answer_digits"]) for r in metrics if _present(r.get("rollout/answer_digits"))]
+    val = [(r["step"], r["val/answer_digits"]) for r in metrics if _present(r.get("val/answer_digits"))]
+    if train:
+        steps, values = zip(*train)
+        window = max(1, len(values) // 20)
+        smooth = [sum(values[max(0, i - window + 1):i + 1]) / len(values[max(0, i - window + 1):i + 1])
+                  for i in range(len(values))]
+        ax.plot(steps, values, lw=0.6, alpha=0.35, color="C0")
+        ax.plot(steps, smooth, lw=1.5, color="C0", label=f"train rollouts, T=1 (mean of {window})")
+    if val:
+        ax.plot(*zip(*val), "o-", ms=4, color="C1", label="validation, greedy")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("answer digits right (the reward)")
+    ax.legend(frameon=False)
+    ax.set_title("(b) RL curves")
+    ax = axes[2]
+    wanted = [("probe_masked_d1", "probe masked d=1"), ("probe_direct", "probe direct"),
+              ("restart_drop_answer_digits", "restart drop (answer)"), ("restart_drop_sums", "restart drop (sums)")]
+    bars = rows[rows["metric"].isin([m for m, _ in wanted])].copy()
+    bars["label"] = bars["metric"].map(dict(wanted))
+    bars["error_low"] = bars["value"] - bars["ci95_low"]
+    bars["error_high"] = bars["ci95_high"] - bars["value"]
+    labels = [label for metric, label in wanted if metric in set(bars["metric"])]
+    width = 0.38
+    for i, checkpoint in enumerate(("before", "after")):
+        part = bars[bars["checkpoint"] == checkpoint].set_index("label").reindex(labels)
+        x = [j + (i - 0.5) * width for j in range(len(labels))]
+        ax.bar(x, part["value"], width, yerr=[part["error_low"], part["error_high"]], capsize=2,
+               label="SFT" if checkpoint == "before" else "RL")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel("accuracy / drop")
+    ax.legend(frameon=False)
+    ax.set_title("(c) implicit channel before/after")
+    fig.suptitle(title)
+    return save_figure(fig, path)

@@ -279,9 +279,11 @@ RUN_FILES = ("config.json", "metrics.jsonl", "stage1", "stage2", "final")
 """What a run folder holds (module docstring); `overwrite` removes exactly these."""
 
 
-def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs in one folder: an existing run is resumed only with the same config, replaced
-    only with `overwrite`; a folder holding anything else is refused."""
+def prepare_run_dir(record: dict, run_dir: Path, resume: bool, overwrite: bool,
+                    files: tuple[str, ...] = RUN_FILES) -> None:
+    """Refuse to mix runs in one folder: an existing run (its `config.json` == `record`) is resumed only
+    with the same config, replaced only with `overwrite` (which removes exactly `files`, glob patterns
+    allowed); a folder holding anything else is refused."""
     config_path = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run folder {run_dir} exists and is not a directory")
@@ -298,15 +300,14 @@ def prepare_run_dir(run: RunConfig, run_dir: Path, resume: bool, overwrite: bool
     if overwrite:
         import shutil
 
-        for name in RUN_FILES:
-            path = run_dir / name
+        for path in sorted({p for pattern in files for p in run_dir.glob(pattern)}):
             if path.is_dir():
                 shutil.rmtree(path)
-            elif path.exists():
+            else:
                 path.unlink()
         return
-    if old != run.to_dict():
-        changed = sorted(k for k in set(old) | set(run.to_dict()) if old.get(k) != run.to_dict().get(k))
+    if old != record:
+        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
         raise ValueError(f"{run_dir} holds a run with a different configuration (differs in {changed}); "
                          "pass --overwrite to replace it, or choose another --out")
     if not resume:
@@ -322,7 +323,7 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: 
     """
     run_dir = Path(run_dir)
     if _rank() == 0:
-        prepare_run_dir(run, run_dir, resume, overwrite)
+        prepare_run_dir(run.to_dict(), run_dir, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _rank() == 0:
         atomic_write_json(run_dir / "config.json", run.to_dict())
