@@ -160,6 +160,22 @@ def _trainer_classes():
     return GRPOConfig, MementoGRPOTrainer
 
 
+@torch.no_grad()
+def logprob_agreement(trainer, indices: list[int]) -> dict:
+    """Run TRL's own rollout-and-score pipeline on the task examples `indices` (each repeated G times, as
+    TRL's sampler does) and compare the training forward's log-probabilities with the decoder's at every
+    token the model sampled: {"max_abs_difference", "mean_abs_difference", "tokens"}."""
+    G = trainer.num_generations
+    batch = trainer._generate_and_score_completions([{"prompt": "", "index": i} for i in indices for _ in range(G)])
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    real = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, ids, real, batch["completion_ids"].size(1))
+    sampled = (batch["completion_mask"] * batch["tool_mask"]).bool()
+    difference = (logps - batch["sampling_per_token_logps"])[sampled].abs()
+    return {"max_abs_difference": float(difference.max()), "mean_abs_difference": float(difference.mean()),
+            "tokens": int(sampled.sum())}
+
+
 def answer_reward(kind: str):
     """The rule-based reward TRL calls: from the answer the rollout wrote (fields the rollout returned)."""
     def reward(prompts, completions, answer_digits, answer_length, answer_exact, **_) -> list[float]:

@@ -17,9 +17,9 @@ def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("notebooks")
 
 
-def test_there_are_five_notebooks():
+def test_there_are_six_notebooks():
     assert [p.stem for p in NOTEBOOKS] == ["01_format_and_masks", "02_eviction_decoding", "03_probing_leakage",
-                                           "04_patching_and_ablation", "05_real_traces"]
+                                           "04_patching_and_ablation", "05_real_traces", "06_rl_cispo"]
 
 
 @pytest.mark.parametrize("script", NOTEBOOKS, ids=lambda p: p.stem)

@@ -16,7 +16,7 @@ from transformers import TrainerCallback
 
 from leakage.cli import main
 from leakage.config import EvictionConfig, RLConfig
-from leakage.rl import build_trainer, rl_train, sft_source
+from leakage.rl import build_trainer, logprob_agreement, rl_train, sft_source
 from leakage.rollout import Rollout, majority_accuracy, sample_rollouts
 from leakage.tasks import make_example
 from leakage.train import RunConfig, TrainingInterrupted, train, train_preset
@@ -148,6 +148,15 @@ def test_resume_continues_and_runs_never_mix(sft_run, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="holds no run"):
         rl_train(SMOKE, sft_run, tmp_path / "other")
+
+
+def test_trl_pipeline_log_probs_agree_with_the_decoder(sft_run, tmp_path):
+    """The same check through TRL's own padding and scoring (`logprob_agreement`), on the trainer's task."""
+    checkpoint, task = sft_source(sft_run, "digits")
+    trainer = build_trainer(SMOKE, checkpoint, task, tmp_path / "rl")
+    agreement = logprob_agreement(trainer, [0, 1, 2])
+    assert agreement["tokens"] == 3 * trainer.num_generations * (2 * task.n_blocks * task.sum_digits + task.sum_digits)
+    assert agreement["max_abs_difference"] < 1e-4
 
 
 def test_block_cap_below_the_given_blocks_is_refused(sft_run, tmp_path):
