@@ -385,8 +385,7 @@ def forced_block_end(ids: list[int], tracker: SpanTracker, config: EvictionConfi
     (the engine's block length cap); None otherwise."""
     if config.max_block_tokens is None or not tracker.blocks or tracker.blocks[-1].block_end is not None:
         return None
-    inside = ids[tracker.blocks[-1].block_start + 1:]
-    held = sum(token not in markers.memento_ids for token in inside)
+    held = markers.block_tokens(ids[tracker.blocks[-1].block_start + 1:])
     return markers.block_end if held >= config.max_block_tokens else None
 
 

@@ -25,6 +25,7 @@ Run folder::
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import asdict, replace
@@ -85,8 +86,9 @@ def _group_examples(task: TaskConfig, tokenizer, seed: int, indices: list[int], 
     return [make_example(task, tokenizer, seed, i, split) for i in indices]
 
 
+@functools.cache
 def _trainer_classes():
-    """TRL imported on first use: `leakage` imports without it."""
+    """TRL imported on first use: `leakage` imports without it. Built once (one trainer class)."""
     from trl import GRPOConfig, GRPOTrainer
 
     class MementoGRPOTrainer(GRPOTrainer):

@@ -27,7 +27,7 @@ import numpy as np
 from leakage.config import EvictionConfig, ProbeExperiment
 from leakage.decode import generate
 from leakage.model import load_model
-from leakage.probe import ProbeConfig
+from leakage.probe import ProbeConfig, bootstrap_ci
 from leakage.probe_data import synthetic_traces
 from leakage.probing import Checkpoint, checkpoint_sweep
 from leakage.restart import restart_ablation
@@ -39,9 +39,9 @@ Log = Callable[[str], None]
 
 def bootstrap_mean(values: np.ndarray, n_resamples: int = 2000, seed: int = 0) -> dict:
     """Mean of per-example values with a 95% bootstrap interval over examples."""
-    draws = np.random.default_rng(seed).integers(0, len(values), size=(n_resamples, len(values)))
-    low, high = np.percentile(values[draws].mean(1), [2.5, 97.5])
-    return {"accuracy": float(values.mean()), "ci95_low": float(low), "ci95_high": float(high), "examples": len(values)}
+    values = np.asarray(values, dtype=float)
+    low, high = bootstrap_ci(values, np.arange(len(values)), n_resamples, seed)
+    return {"accuracy": float(values.mean()), "ci95_low": low, "ci95_high": high, "examples": len(values)}
 
 
 def free_format(model, tokenizer, examples, eviction: EvictionConfig, extra_tokens: int = 40) -> dict:
@@ -115,10 +115,8 @@ def paired_difference(before: np.ndarray, after: np.ndarray, n_resamples: int = 
     """after - before of per-example values measured on the same examples, with a 95% bootstrap interval
     that resamples examples (the pairing is kept)."""
     delta = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
-    draws = np.random.default_rng(seed).integers(0, len(delta), size=(n_resamples, len(delta)))
-    low, high = np.percentile(delta[draws].mean(1), [2.5, 97.5])
-    return {"difference": float(delta.mean()), "ci95_low": float(low), "ci95_high": float(high),
-            "examples": len(delta)}
+    low, high = bootstrap_ci(delta, np.arange(len(delta)), n_resamples, seed)
+    return {"difference": float(delta.mean()), "ci95_low": low, "ci95_high": high, "examples": len(delta)}
 
 
 def compare_checkpoints(before: str | Path, after: str | Path, task: TaskConfig, n: int, samples: int,

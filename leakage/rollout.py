@@ -81,8 +81,7 @@ def block_lengths(ids: list[int], tokenizer) -> list[int]:
     """Non-marker tokens in each closed block (what the engine's `max_block_tokens` cap counts)."""
     markers = as_marker_ids(tokenizer)
     spans = parse_spans(ids, markers, strict=False)
-    return [sum(t not in markers.memento_ids for t in ids[b.block_start + 1:b.block_end])
-            for b in spans.blocks if b.block_end is not None]
+    return [markers.block_tokens(ids[b.block_start + 1:b.block_end]) for b in spans.blocks if b.block_end is not None]
 
 
 def memento_lengths(ids: list[int], tokenizer) -> list[int]:

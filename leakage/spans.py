@@ -75,6 +75,10 @@ class MarkerIds:
     def all_ids(self) -> frozenset[int]:
         return self.memento_ids | {self.think_start, self.think_end}
 
+    def block_tokens(self, tokens) -> int:
+        """How many of `tokens` are not Memento markers: what the engine's `max_block_tokens` cap counts."""
+        return sum(token not in self.memento_ids for token in tokens)
+
 
 def as_marker_ids(tokenizer_or_markers) -> MarkerIds:
     """Accept either a `MarkerIds` or an HF tokenizer."""

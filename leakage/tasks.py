@@ -26,7 +26,7 @@ rendering (`leakage.trace.Named`), for probing and evaluation.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -5,7 +5,6 @@ passcode."""
 import json
 
 import pandas as pd
-import pytest
 import torch
 
 from leakage.cli import main
