@@ -222,7 +222,8 @@ def grpo_arguments(config: RLConfig, out: Path, **overrides):
     """TRL's GRPOConfig for a run: one optimizer step per generation batch of prompts_per_step x G rollouts.
 
     TRL defaults to bf16 autocast; here the training forward runs in the model's dtype, as the decoder
-    does, so that its log-probabilities are the rollouts' (bf16 autocast moved them by up to 0.76)."""
+    does, so that its log-probabilities are the rollouts' (bf16 autocast moved them by up to 0.68:
+    `experiments/rl_checks.py`)."""
     GRPOConfig, _ = _trainer_classes()
     p = config.plan
     kwargs = dict(
