@@ -22,23 +22,48 @@ the `tiny` preset; its weights do not affect speed. Reports:
 
 from __future__ import annotations
 
-import argparse
 import platform
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from leakage.config import EvictionConfig
-from leakage.decode import Decoder, force_policy
+from leakage.config import EVICTION_PRESETS, EvictionConfig
+from leakage.engine.decode import Decoder, force_policy
+from leakage.flags import parse
 from leakage.io import atomic_write_json
-from leakage.kv import kv_bytes_per_token_of, simulate_kv
-from leakage.model import build_model
+from leakage.memento.kv import kv_bytes_per_token_of, simulate_kv
+from leakage.engine.model import build_model
 from leakage.plotting import plot_kv_sawtooth
-from leakage.trace import MementoTrace
+from leakage.memento.trace import MementoTrace
 
-VANILLA = EvictionConfig(keep_last_n_blocks=-1)
-MEMENTO = EvictionConfig(keep_last_n_blocks=0)
+@dataclass(frozen=True)
+class Options:
+    """The benchmark's settings.
+
+    out: the JSON report.
+    blocks: blocks of the synthetic trace.
+    block_tokens: reasoning tokens per block.
+    memento_tokens: tokens per memento.
+    budget_seqs: vanilla sequences the KV budget holds.
+    repeats: single-sequence runs per config (medians).
+    threads: torch threads.
+    plot: the sawtooth figure of the trace.
+    """
+
+    out: str = "figures/bench_decode.json"
+    blocks: int = 10
+    block_tokens: int = 60
+    memento_tokens: int = 6
+    budget_seqs: int = 6
+    repeats: int = 5
+    threads: int = 2
+    plot: str = "figures/kv_sawtooth_bench.png"
+
+
+VANILLA, MEMENTO = EVICTION_PRESETS["vanilla"], EVICTION_PRESETS["memento"]
 
 
 def uniform_trace(tokenizer, n_blocks: int, block_tokens: int, memento_tokens: int, seed: int) -> list[int]:
@@ -49,13 +74,13 @@ def uniform_trace(tokenizer, n_blocks: int, block_tokens: int, memento_tokens: i
     return trace.to_ids(tokenizer)
 
 
-def run(model, tokenizer, seqs: list[list[int]], config: EvictionConfig, prompt_len: int) -> dict:
+def run(model, tokenizer, seqs: list[list[int]], eviction: EvictionConfig, prompt_len: int) -> dict:
     """Decode `seqs` as one batch in lockstep (teacher forcing); per-step wall time and physical cache length.
 
     Timings come from the decoder's own `on_step` reports: each step's forward, and its eviction work
     (tracker, schedule and compaction).
     """
-    decoder = Decoder(model, tokenizer, config, [s[:prompt_len] for s in seqs])
+    decoder = Decoder(model, tokenizer, eviction, [s[:prompt_len] for s in seqs])
     step_times, slots, evict_seconds = [], [], []
 
     def timed(step, cache):
@@ -71,7 +96,7 @@ def run(model, tokenizer, seqs: list[list[int]], config: EvictionConfig, prompt_
     steps = len(seqs[0]) - prompt_len
     tracker_start = time.perf_counter()  # the tracker alone, replayed without a model
     for s in seqs:
-        simulate_kv(s, tokenizer, config)
+        simulate_kv(s, tokenizer, eviction)
     tracker_seconds = time.perf_counter() - tracker_start
     return {"seconds": total, "tokens": steps * len(seqs), "tokens_per_s": steps * len(seqs) / total,
             "step_times": step_times, "slots": slots, "eviction_seconds": sum(evict_seconds),
@@ -87,16 +112,7 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="figures/bench_decode.json")
-    parser.add_argument("--blocks", type=int, default=10)
-    parser.add_argument("--block-tokens", type=int, default=60)
-    parser.add_argument("--memento-tokens", type=int, default=6)
-    parser.add_argument("--budget-seqs", type=int, default=6, help="vanilla sequences the KV budget holds")
-    parser.add_argument("--repeats", type=int, default=5, help="single-sequence runs per config (medians)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plot", default="figures/kv_sawtooth_bench.png", help="sawtooth figure of the trace")
-    args = parser.parse_args()
+    args = parse(Options, description=__doc__)
     started = time.perf_counter()
     torch.set_num_threads(args.threads)
     model, tokenizer = build_model("tiny", seed=0)
@@ -134,10 +150,7 @@ def main() -> None:
                        "aggregate_tokens_per_s": result["tokens_per_s"]}
         print(name, batch[name])
 
-    command = ("python experiments/bench_decode.py --out " + args.out +
-               f" --blocks {args.blocks} --block-tokens {args.block_tokens} --memento-tokens {args.memento_tokens}"
-               f" --budget-seqs {args.budget_seqs} --repeats {args.repeats} --threads {args.threads}"
-               f" --plot {args.plot}")
+    command = "python experiments/bench_decode.py " + " ".join(sys.argv[1:])
     report = {
         "command": command,
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": args.threads},

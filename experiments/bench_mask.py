@@ -3,15 +3,17 @@
     python experiments/bench_mask.py --out figures/bench_mask.json
 """
 
-import argparse
 import platform
+import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
+from leakage.flags import parse
 from leakage.io import atomic_write_json
-from leakage.mask import memento_mask
-from leakage.spans import MarkerIds
+from leakage.memento.mask import memento_mask
+from leakage.memento.spans import MarkerIds
 
 MARKERS = MarkerIds(block_start=100, block_end=101, summary_start=102, summary_end=103, think_start=104,
                     think_end=105)
@@ -25,11 +27,20 @@ def synthetic_trace(n_tokens: int, block_tokens: int, memento_tokens: int) -> li
     return ids[:n_tokens]
 
 
+@dataclass(frozen=True)
+class Options:
+    """The benchmark's settings.
+
+    out: the JSON report.
+    repeats: timed constructions per trace length (median and minimum).
+    """
+
+    out: str = "figures/bench_mask.json"
+    repeats: int = 5
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="figures/bench_mask.json")
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse(Options, description=__doc__)
     torch.set_num_threads(2)
     rows = []
     for n_tokens in (1024, 4096, 8192):
@@ -43,7 +54,7 @@ def main() -> None:
             rows.append({"tokens": n_tokens, "restart": restart, "median_s": sorted(times)[len(times) // 2],
                          "min_s": min(times)})
             print(rows[-1])
-    atomic_write_json(args.out, {"command": "python experiments/bench_mask.py --out " + args.out,
+    atomic_write_json(args.out, {"command": "python experiments/bench_mask.py " + " ".join(sys.argv[1:]),
                                  "machine": platform.processor() or platform.machine(),
                                  "torch_threads": torch.get_num_threads(), "results": rows})
 

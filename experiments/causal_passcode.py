@@ -1,44 +1,60 @@
 """The causal experiments on a passcode checkpoint, one after another: KV patching maps, the KV ablation
 sweep and the LEACE erasure curve.
 
-    python experiments/causal_passcode.py --checkpoint runs/passcode-fast/final --name passcode_fast
+    python experiments/causal_passcode.py runs/passcode-fast/final --name passcode_fast [--n 256 ...]
 
-Runs `leakage patch|ablate|erase CHECKPOINT --out figures/{patch,ablate,erase}_{name}.csv [extra flags]`
-(CSV rows with 95% intervals and the command; the run's config as JSON and a figure beside each) and
-prints each command's wall time. Flags after `--` go to every command unchanged (e.g. `-- --n 256`).
+Runs the runners of `leakage patch|ablate|erase` (`leakage.analysis.patch_maps`, `ablation`, `erasure`) on
+one spec (the flags of those commands), writing `figures/{patch,ablate,erase}_{name}.csv` (rows with 95%
+intervals and the command), `.json` (spec, headline results, weights, timings) and a figure beside each,
+and prints each one's wall time.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from leakage.cli import main as leakage
+from leakage.analysis import ablation, erasure, patch_maps
+from leakage.analysis.twins import CausalSpec
+from leakage.flags import parse
+
+RUNNERS = {"patch": patch_maps, "ablate": ablation, "erase": erasure}
 
 
-def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/passcode-fast/final")
-    parser.add_argument("--name", default="passcode_fast")
-    parser.add_argument("--commands", default="patch,ablate,erase")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out-dir", default="figures")
-    args, extra = parser.parse_known_args()
-    extra = [a for a in extra if a != "--"]
-    torch.set_num_threads(args.threads)
-    failed = 0
-    for command in args.commands.split(","):
-        started = time.perf_counter()
-        status = leakage([command, args.checkpoint, "--out", str(Path(args.out_dir) / f"{command}_{args.name}.csv"),
-                          *extra])
-        print(f"{command}: exit {status} after {time.perf_counter() - started:.0f} s")
-        failed |= status
-    sys.exit(failed)
+@dataclass(frozen=True)
+class Options:
+    """Which experiments, and where they go.
+
+    name: result name: figures/{patch,ablate,erase}_{name}.csv.
+    commands: comma-separated, from patch, ablate, erase.
+    threads: torch threads.
+    out_dir: folder of the results.
+    """
+
+    spec: CausalSpec
+    name: str = "passcode_fast"
+    commands: tuple[str, ...] = ("patch", "ablate", "erase")
+    threads: int = 2
+    out_dir: str = "figures"
+
+
+def main() -> None:
+    options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
+                    skip=("spec.task.short_block_rate", "spec.task.passcode_blocks", "spec.eviction.restart",
+                          "spec.eviction.max_block_tokens"))
+    torch.set_num_threads(options.threads)
+    command = "python experiments/causal_passcode.py " + " ".join(sys.argv[1:])
+    for name in options.commands:
+        runner = RUNNERS[name]
+        extra = {"progress": tqdm} if name != "erase" else {}
+        record = runner.run(options.spec, Path(options.out_dir) / f"{name}_{options.name}", command=command,
+                            log=print, **extra)
+        print(f"{name}: {record.seconds:.0f} s; wrote " + ", ".join(map(str, record.files)))
 
 
 if __name__ == "__main__":
-    run()
+    main()

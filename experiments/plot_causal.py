@@ -7,21 +7,31 @@ Reads `figures/{patch,ablate,erase}_{name}.csv` (whichever exist) and writes the
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from leakage.flags import parse
 from leakage.plotting import plot_ablation, plot_erasure, plot_patching
 
 PLOTS = {"patch": plot_patching, "ablate": plot_ablation, "erase": plot_erasure}
 
 
+@dataclass(frozen=True)
+class Options:
+    """What to redraw.
+
+    names: result names, e.g. passcode_fast.
+    figures_dir: folder of the CSVs (and the figures).
+    """
+
+    names: tuple[str, ...]
+    figures_dir: str = "figures"
+
+
 def run() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="+", help="result names, e.g. passcode_fast")
-    parser.add_argument("--figures-dir", default="figures")
-    args = parser.parse_args()
+    args = parse(Options, description=__doc__)
     for name in args.names:
         for command, plot in PLOTS.items():
             path = Path(args.figures_dir) / f"{command}_{name}.csv"

@@ -5,19 +5,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from leakage.flags import parse
 from leakage.plotting import plot_rl
 
 
+@dataclass(frozen=True)
+class Options:
+    """What to redraw.
+
+    stems: report path stems, e.g. figures/rl_digits_fast.
+    """
+
+    stems: tuple[str, ...]
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stems", nargs="+", help="report path stems, e.g. figures/rl_digits_fast")
-    for stem in map(Path, parser.parse_args().stems):
+    for stem in map(Path, parse(Options, description=__doc__).stems):
         rows = pd.read_csv(stem.with_suffix(".csv"))
         metrics = [json.loads(line) for line in (stem.parent / f"{stem.name}_metrics.jsonl").read_text().splitlines()]
         config = json.loads(stem.with_suffix(".json").read_text())

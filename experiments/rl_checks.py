@@ -1,4 +1,4 @@
-"""Two checks behind choices in `leakage.rl`, on a trained SFT run, written as JSON:
+"""Two checks behind choices in `leakage.training.rl`, on a trained SFT run, written as JSON:
 
 1. the training forward's log-probabilities against the eviction decoder's (`logprob_agreement`), with
    the trainer as configured (float32) and with TRL's default bf16 autocast;
@@ -10,27 +10,39 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from leakage.config import RLConfig
+from leakage.flags import parse
 from leakage.io import atomic_write_json
-from leakage.rl import build_trainer, logprob_agreement, rl_train, sft_source
+from leakage.training.rl import RLConfig, build_trainer, logprob_agreement, rl_train, sft_source
+
+
+@dataclass(frozen=True)
+class Options:
+    """The checks' settings.
+
+    source: SFT run folder (runs/NAME).
+    out: the JSON report.
+    task: the task rewarded.
+    learning_rate: the trial's learning rate (no warm-up).
+    steps: the trial's steps.
+    """
+
+    source: str
+    out: str
+    task: str = "digits"
+    learning_rate: float = 2e-4
+    steps: int = 3
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="SFT run folder (runs/NAME)")
-    parser.add_argument("--task", default="digits")
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parse(Options, description=__doc__, options=("out",))
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     torch.set_num_threads(2)
     config = RLConfig(task=args.task)
@@ -52,8 +64,6 @@ def main() -> None:
             print(f"lr {args.learning_rate}, step {s['step']}: reward {s['reward']:.3f}, KL {s['kl']:.4f}")
     atomic_write_json(args.out, result)
     print(f"wrote {args.out}")
-
-
 
 
 if __name__ == "__main__":

@@ -9,20 +9,20 @@ and torch/transformers load only when a model-facing name is touched.
 import importlib
 
 _EXPORTS = {
-    "leakage.cache": ["LiveCache"],
-    "leakage.capture": ["Captured", "capture"],
+    "leakage.engine.cache": ["LiveCache"],
+    "leakage.engine.capture": ["Captured", "capture"],
     "leakage.config": ["EVICTION_PRESETS", "MEMENTO_TOKENS", "MODEL_PRESETS", "EvictionConfig", "ModelPreset"],
-    "leakage.decode": ["Decoder", "Step", "force_policy", "generate", "sampling_policy", "teacher_force"],
-    "leakage.hooks": ["key_hook", "value_hook"],
-    "leakage.kv": ["KVTrace", "kv_bytes_per_token", "simulate_kv"],
-    "leakage.mask": ["additive_mask", "format_mask", "mask_from_spans", "memento_mask"],
-    "leakage.positions": ["Site", "TracePositions", "trace_positions"],
-    "leakage.schedule": ["Eviction", "EvictionSchedule", "Recompute", "eviction_schedule"],
-    "leakage.model": ["add_memento_tokens", "build_model", "build_tokenizer", "load_model", "save_model"],
-    "leakage.spans": ["BlockSpan", "MalformedTraceError", "MarkerIds", "SpanKind", "SpanTracker", "TraceSpans",
+    "leakage.engine.decode": ["Decoder", "Step", "force_policy", "generate", "sampling_policy", "teacher_force"],
+    "leakage.engine.hooks": ["key_hook", "value_hook"],
+    "leakage.memento.kv": ["KVTrace", "kv_bytes_per_token", "simulate_kv"],
+    "leakage.memento.mask": ["additive_mask", "format_mask", "mask_from_spans", "memento_mask"],
+    "leakage.memento.positions": ["Site", "TracePositions", "trace_positions"],
+    "leakage.memento.schedule": ["Eviction", "EvictionSchedule", "Recompute", "eviction_schedule"],
+    "leakage.engine.model": ["add_memento_tokens", "build_model", "build_tokenizer", "load_model", "save_model"],
+    "leakage.memento.spans": ["BlockSpan", "MalformedTraceError", "MarkerIds", "SpanKind", "SpanTracker", "TraceSpans",
                       "parse_spans"],
-    "leakage.trace": ["MementoTrace", "Named", "OpenMementosRecord", "read_openmementos", "write_openmementos"],
-    "leakage.views": ["to_bridge", "to_nnsight"],
+    "leakage.memento.trace": ["MementoTrace", "Named", "OpenMementosRecord", "read_openmementos", "write_openmementos"],
+    "leakage.engine.views": ["to_bridge", "to_nnsight"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

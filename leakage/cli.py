@@ -1,15 +1,25 @@
-"""The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does."""
+"""The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does.
+
+The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `capacity`) are one
+table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass gives the verb's
+flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this module only
+prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
 
-from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment, RLConfig
-from leakage.reproduce import ReproduceConfig
+from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.flags import add_flags, from_flags
 from leakage.pipeline.cli import add_data_commands
-from leakage.tasks import TASKS, TRAINING_SHORT_BLOCK_RATE, TaskConfig
+from leakage.reproduce import ReproduceConfig
+from leakage.training.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -17,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
     import torch
 
     from leakage import MementoTrace, additive_mask, build_model, format_mask, memento_mask, parse_spans
-    from leakage.views import to_bridge, to_nnsight
+    from leakage.engine.views import to_bridge, to_nnsight
 
     model, tokenizer = build_model(args.preset, seed=args.seed)
     trace = MementoTrace(prompt="sum", blocks=[("1 2", "3"), ("4", "7")], answer="7")
@@ -31,7 +41,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"block {block.index}: <|block_start|> at {block.block_start}, <|block_end|> at {block.block_end}, "
               f"summary {block.summary_start}..{block.summary_end}")
     config = from_flags(EvictionConfig, args)
-    mask = memento_mask(ids, tokenizer, config=config)
+    mask = memento_mask(ids, tokenizer, eviction=config)
     print(f"\nmemento mask ({config}):")
     print(format_mask(mask, spans))
 
@@ -52,32 +62,9 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):
-    from leakage.model import build_model
-
-    if args.checkpoint:
-        return _load_checkpoint(args.checkpoint)
-    return build_model(args.preset, seed=args.seed)
-
-
-def _load_checkpoint(path):
-    """Load a checkpoint; warn (stderr) when it was never trained on the Memento format, whose markers
-    are then added with fresh embeddings, so that its scores are not mistaken for a trained model's."""
-    from leakage.model import add_memento_tokens, load_model, missing_memento_tokens
-    from leakage.views import architecture_name
-
-    model, tokenizer = load_model(path, add_tokens=False)
-    missing = missing_memento_tokens(tokenizer)
-    if missing:
-        add_memento_tokens(model, tokenizer)
-        print(f"warning: {path} ({architecture_name(model)}) has no {', '.join(missing)} in its tokenizer: it was "
-              "never trained on the Memento format; the markers were added with fresh embeddings", file=sys.stderr)
-    return model, tokenizer
-
-
 def _encode_text(tokenizer, text: str, flag: str) -> list[int]:
     """Token ids of a command-line text; words the tokenizer does not know are an error, not `<unk>`."""
-    from leakage.trace import unknown_words
+    from leakage.memento.trace import unknown_words
 
     ids = tokenizer.encode(text, add_special_tokens=False)
     bad = unknown_words(tokenizer, text, ids)
@@ -88,7 +75,7 @@ def _encode_text(tokenizer, text: str, flag: str) -> list[int]:
 
 def _marked(ids: list[int], tokenizer, prompt_len: int) -> str:
     """The decoded sequence with its prompt, blocks, mementos and answer on labelled lines."""
-    from leakage.spans import MarkerIds, SpanKind, parse_spans
+    from leakage.memento.spans import MarkerIds, SpanKind, parse_spans
 
     spans = parse_spans(ids, tokenizer, prompt_len=prompt_len, plain_prompt=False, strict=False)
     markers = MarkerIds.from_tokenizer(tokenizer).all_ids
@@ -108,10 +95,12 @@ def _marked(ids: list[int], tokenizer, prompt_len: int) -> str:
 
 def _decode(args: argparse.Namespace) -> int:
     """Decode (or teacher-force) with block eviction; print the marked trace and the KV summary."""
-    from leakage.decode import generate, teacher_force
-    from leakage.kv import kv_bytes_per_token_of, simulate_kv
+    from leakage.engine.decode import generate, teacher_force
+    from leakage.memento.kv import kv_bytes_per_token_of, simulate_kv
 
-    model, tokenizer = _load(args)
+    from leakage.engine.model import build_model, load_checkpoint
+
+    model, tokenizer = load_checkpoint(args.checkpoint) if args.checkpoint else build_model(args.preset, seed=args.seed)
     config = from_flags(EvictionConfig, args)
     prompt = _encode_text(tokenizer, args.prompt, "--prompt")
     if not prompt:
@@ -125,7 +114,7 @@ def _decode(args: argparse.Namespace) -> int:
     print(_marked(seq.ids, tokenizer, seq.prompt_len))
     for position, problem in seq.malformed:
         print(f"  malformed at position {position}: {problem}")
-    vanilla = simulate_kv(seq.ids[:len(seq.kv.cached_tokens)], tokenizer, EvictionConfig(keep_last_n_blocks=-1),
+    vanilla = simulate_kv(seq.ids[:len(seq.kv.cached_tokens)], tokenizer, EVICTION_PRESETS["vanilla"],
                           prompt_len=seq.prompt_len, plain_prompt=False, strict=False)
     per_token = kv_bytes_per_token_of(model.config, bytes_per_value=2)
     print(f"\nKV cache ({config}):")
@@ -142,24 +131,13 @@ def _decode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_accuracies(results: dict) -> None:
-    """One line per accuracy of an `evaluate_checkpoint` result, with its 95% interval and counts."""
-    for key, value in results.items():
-        if isinstance(value, dict) and "accuracy" in value:
-            print(f"  {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, {value['ci95_high']:.1%}]"
-                  f"  ({value['correct']}/{value['total']})")
-    if "chance" in results:
-        print(f"  {'chance':>30}: {results['chance']:6.1%}")
-        print(f"  {'memento text alone (best)':>30}: {results['text_only_bayes_optimal']:6.1%}")
-
-
 def _train(args: argparse.Namespace) -> int:
-    """Two-stage Memento SFT of a synthetic task (see leakage.train)."""
+    """Two-stage Memento SFT of a synthetic task (see leakage.training.train)."""
     import time
 
     from dataclasses import replace
 
-    from leakage.train import RunConfig, train, train_preset, with_steps
+    from leakage.training.train import RunConfig, train, train_preset, with_steps
 
     preset = with_steps(train_preset(args.preset), args.stage1_steps, args.stage2_steps)
     if args.model_preset:
@@ -176,22 +154,17 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _rl(args: argparse.Namespace) -> int:
-    """CISPO from an SFT run, then the before/after analysis (see leakage.rl, leakage.rl_analysis)."""
+    """CISPO from an SFT run, then the before/after analysis (leakage.training.rl, leakage.analysis.rl_analysis)."""
     import json
     import os
-    import time
-    import warnings
     from pathlib import Path
 
-    import pandas as pd
+    from leakage.analysis import rl_analysis
+    from leakage.analysis.probe import probe_preset
+    from leakage.analysis.record import write_record
+    from leakage.training.rl import RLConfig, rl_train
 
-    from leakage.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-    from leakage.plotting import plot_rl
-    from leakage.probe import ProbeConfig
-    from leakage.rl import rl_train, sft_source
-    from leakage.rl_analysis import analysis_rows, compare_checkpoints
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func: documented in leakage.rl
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func: documented in leakage.training.rl
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # TRL, per step
     config = from_flags(RLConfig, args)
     out = Path(args.out)
@@ -200,63 +173,36 @@ def _rl(args: argparse.Namespace) -> int:
     print(f"RL ({config.task}, {config.preset}) in {train_seconds:.0f} s; final model: {final}")
     if not args.analysis:
         return 0
-    start = time.perf_counter()
-    checkpoint, task = sft_source(args.source, config.task)
-    plan = config.plan
-    probe = ProbeConfig(kind="linear", max_epochs=5) if config.preset == "smoke" else None
-    records = compare_checkpoints(checkpoint, final, task, plan.n_eval, plan.eval_samples, plan.probe_traces,
-                                  config.temperature, probe=probe, log=print)
-    command = "leakage rl " + " ".join(args.argv)
-    rows = pd.DataFrame(analysis_rows(records))
-    analysis = {"command": command, "from": str(checkpoint), "rl": json.loads(json.dumps(vars(config))),
-                "task": json.loads(json.dumps(vars(task))), "train_seconds": train_seconds,
-                "analysis_seconds": time.perf_counter() - start, "records": records}
-    atomic_write_json(out / "analysis.json", analysis)
-    shown = rows[~rows["metric"].str.startswith("maj@") | rows["metric"].isin(["maj@1", f"maj@{plan.eval_samples}"])]
+    spec = rl_analysis.RLAnalysisSpec(str(out), probe=probe_preset("smoke" if config.preset == "smoke" else "mlp"))
+    record = rl_analysis.run(spec, out / "analysis", command="leakage rl " + " ".join(args.argv), log=print)
+    rows, samples = record.rows, config.plan.eval_samples
+    shown = rows[~rows["metric"].str.startswith("maj@") | rows["metric"].isin(["maj@1", f"maj@{samples}"])]
     print(shown.pivot(index="metric", columns="checkpoint", values="value")[["before", "after", "after_minus_before"]]
           .to_string(float_format="%.3f", na_rep=""))
-    print(f"analysis {analysis['analysis_seconds']:.0f} s; wrote {out / 'analysis.json'}")
+    print(f"analysis {record.seconds:.0f} s; wrote {out / 'analysis.json'}")
     if args.report:
-        report = Path(args.report)
-        rows.insert(0, "command", command)
-        atomic_write_text(report.with_suffix(".csv"), rows.to_csv(index=False))
-        atomic_write_json(report.with_suffix(".json"), analysis)
-        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-        metrics_copy = atomic_write_jsonl(report.parent / f"{report.name}_metrics.jsonl", metrics)
-        plot_rl(metrics, rows, report.with_suffix(".png"), f"CISPO on {config.task} ({config.preset}) from {checkpoint}")
-        print(f"wrote {report.with_suffix('.csv')}, .json, .png and {metrics_copy}")
+        written = write_record(record, args.report, rl_analysis.files)
+        print("wrote " + ", ".join(map(str, written)))
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    """Task accuracy of a checkpoint under memento and restart decoding, with 95% intervals."""
-    from leakage.evaluate import evaluate_checkpoint
-    from leakage.io import atomic_write_json
+# -- the analysis verbs: printing their records ------------------------------------------------------------
 
-    model, tokenizer = _load_checkpoint(args.checkpoint)
-    results = {"checkpoint": str(args.checkpoint),
-               **evaluate_checkpoint(model, tokenizer, from_flags(TaskConfig, args), args.n, args.seed,
-                                     from_flags(EvictionConfig, args))}
-    _print_accuracies(results)
-    if args.out:
-        atomic_write_json(args.out, results)
-        print(f"wrote {args.out}")
-    return 0
+def _show_accuracies(record) -> None:
+    """One line per accuracy of an evaluation, with its 95% interval and counts."""
+    results = record.results
+    for key, value in results.items():
+        if isinstance(value, dict) and "accuracy" in value:
+            print(f"  {key:>30}: {value['accuracy']:6.1%}  [{value['ci95_low']:.1%}, {value['ci95_high']:.1%}]"
+                  f"  ({value['correct']}/{value['total']})")
+    if "chance" in results:
+        print(f"  {'chance':>30}: {results['chance']:6.1%}")
+    if "text_only_bayes_optimal" in results:
+        print(f"  {'memento text alone (best)':>30}: {results['text_only_bayes_optimal']:6.1%}")
 
 
-def _consistency(args: argparse.Namespace) -> int:
-    """Logit and KV differences between the two eviction timings, and decoder vs masked forward."""
-    from leakage.consistency import consistency_report
-    from leakage.io import atomic_write_json
-    from leakage.tasks import make_example
-
-    model, tokenizer = _load_checkpoint(args.checkpoint)
-    task = from_flags(TaskConfig, args)
-    examples = [make_example(task, tokenizer, args.seed, i, "val") for i in range(args.n)]
-    report = consistency_report(model, tokenizer, [e.ids for e in examples], [e.positions for e in examples],
-                                from_flags(EvictionConfig, args, summary_end_sees_block=False))
-    report = {"checkpoint": str(args.checkpoint), "task": vars(task), "seed": args.seed,
-              "command": "leakage consistency " + " ".join(args.argv), **report}
+def _show_consistency(record) -> None:
+    report = record.results
     print(f"{report['sequences']} sequences, {report['tokens']} tokens; engine timing vs summary_end_sees_block:")
     timing = report["timing"]
     print(f"  {'part':>14} {'positions':>9} {'max|dlogit|':>12} {'mean KL':>9} {'argmax chg':>10} "
@@ -270,75 +216,127 @@ def _consistency(args: argparse.Namespace) -> int:
         print(f"eviction decoding vs masked forward ({name}): max |dlogit| "
               f"{gaps['max_abs_logit_diff_decoder_vs_masked_forward']:.1e}, max |dKV| "
               f"{gaps['max_abs_kv_diff_decoder_vs_masked_forward']:.1e}")
-    if args.out:
-        atomic_write_json(args.out, report)
-        print(f"wrote {args.out}")
-    return 0
 
 
-def _probe(args: argparse.Namespace) -> int:
-    """The passcode probe on a checkpoint's retained keys/values: every condition and control, the keep
-    sweep and (for a `leakage train` run) the checkpoint sweep; CSV and figures."""
-    import time
-    from dataclasses import asdict, replace
-    from pathlib import Path
+def _show_restart(record) -> None:
+    from leakage.training.tasks import unit
 
+    report = record.results
+    noun = unit(report["scored_unit"]).noun
+    for name in ("memento", "restart"):
+        r = report[name]
+        print(f"{name:8s} {r['accuracy']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]  ({r['total']} {noun}s)")
+    low, high = report["drop_ci95"]
+    print(f"drop     {report['drop']:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over examples); paired "
+          f"{report['paired']}; McNemar exact p "
+          + (f"= {report['mcnemar_p']:.2g}" if report["mcnemar_p"] > 0 else "< 1e-300 (below float range)"))
+
+
+def _show_probe(record) -> None:
     import pandas as pd
 
-    from leakage.io import atomic_write_json, atomic_write_text
-    from leakage.plotting import plot_probe_conditions, plot_probe_layers, plot_probe_sweeps
-    from leakage.probe import ProbeConfig
-    from leakage.probe_data import injected_traces, synthetic_traces
-    from leakage.probing import is_training_run_final, probe_experiment
-    from leakage.tasks import make_example
-    from leakage.trace import read_openmementos
-
-    start = time.perf_counter()
-    model, tokenizer = _load_checkpoint(args.checkpoint)
-    experiment = from_flags(ProbeExperiment, args)
-    examples = None
-    if args.traces:
-        traces = injected_traces(read_openmementos(args.traces), tokenizer, args.n, experiment.passcode_block,
-                                 seed=args.trace_seed, max_blocks=experiment.n_blocks)
-        blocks = min(len(t.positions.blocks) for t in traces)
-        experiment = replace(experiment, n_blocks=blocks)
-    else:
-        task = TaskConfig(task=args.task, n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
-        traces = synthetic_traces(task, tokenizer, args.n, seed=args.trace_seed)
-        if experiment.checkpoints and not is_training_run_final(args.checkpoint):
-            print(f"{args.checkpoint} is not the final/ model of a `leakage train` run: checkpoint sweep skipped")
-        examples = [make_example(task, tokenizer, 1, i, "val") for i in range(args.n_eval)]
-    phases = []
-
-    def log(message: str) -> None:
-        phases.append({"seconds": round(time.perf_counter() - start, 1), "phase": message})
-        print(f"[{phases[-1]['seconds']:6.0f} s] {message}")
-
-    log(f"{len(traces)} traces ready")
-    rows = probe_experiment(model, tokenizer, traces, experiment, from_flags(EvictionConfig, args),
-                            checkpoint=args.checkpoint, examples=examples, task=args.task, log=log)
-    command = "leakage probe " + " ".join(args.argv)
-    table = pd.DataFrame(rows).assign(command=command, n_traces=len(traces))
-    probed = str(args.checkpoint)  # the sweep's rows name their own checkpoint
-    table["checkpoint"] = table["checkpoint"].fillna(probed) if "checkpoint" in table else probed
-    shown = table[["condition", "distance", "site", "layer", "accuracy", "ci95_low", "ci95_high", "paper_toy"]]
+    shown = record.rows[["condition", "distance", "site", "layer", "accuracy", "ci95_low", "ci95_high", "paper_toy"]]
     with pd.option_context("display.width", 200, "display.max_rows", 300, "display.precision", 3):
         print(shown.to_string(index=False))
-    print(f"{len(traces)} traces, {len(rows)} probes in {time.perf_counter() - start:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        atomic_write_text(out, table.drop(columns=["per_digit"]).to_csv(index=False))
-        atomic_write_json(out.with_suffix(".json"), {
-            "command": command, "checkpoint": str(args.checkpoint), "n_traces": len(traces),
-            "experiment": asdict(experiment), "eviction": asdict(from_flags(EvictionConfig, args)),
-            "probe": asdict(ProbeConfig(kind=experiment.kind)), "wall_seconds": time.perf_counter() - start,
-            "phases": phases})
-        title = f"passcode probe ({experiment.kind}), {args.checkpoint}, {len(traces):,} traces"
-        figures = [plot_probe_conditions(rows, out.with_name(out.stem + "_conditions.png"), title=title),
-                   plot_probe_layers(rows, out.with_name(out.stem + "_layers.png"), title=title),
-                   plot_probe_sweeps(rows, out.with_name(out.stem + "_sweeps.png"), title=title)]
-        print(f"wrote {out}, " + ", ".join(str(f) for f in figures))
+    print(f"{record.results['n_traces']} traces, {len(record.rows)} probes in {record.seconds:.0f} s")
+
+
+def _show_table(columns: list[str], select: Callable | None = None):
+    def show(record) -> None:
+        frame = record.rows if select is None else record.rows[select(record.rows)]
+        print(frame[columns].to_string(index=False, float_format="%.3f"))
+    return show
+
+
+def _show_patch(record) -> None:
+    frame = record.rows
+    print(frame[frame.experiment == "reference"][["source", "measure", "answer_digit", "metric", "metric_low",
+                                                  "metric_high"]].to_string(index=False, float_format="%.3f"))
+    _show_table(["which", "layer", "kv_head", "effect", "effect_low", "effect_high"],
+                lambda f: f.experiment == "patch_layer_head")(record)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """An analysis verb: its runner (`leakage.analysis.<module>`, with `run` and the spec class `spec`), how
+    the spec's fields become flags (`leakage.flags.add_flags`), and how its record is printed."""
+
+    module: str
+    spec: str
+    help: str
+    show: Callable
+    skip: tuple[str, ...] = ()
+    rename: dict = field(default_factory=dict)
+    options: tuple[str, ...] = ()
+    progress: bool = False
+
+
+_TASK_NO_CURRICULUM = ("task.short_block_rate",)
+_BLOCKS = {"task.n_blocks": "blocks"}
+ANALYSES: dict[str, Analysis] = {
+    "eval": Analysis("evaluation", "EvaluationSpec", "task accuracy under memento / restart / full-attention decoding",
+                     _show_accuracies, _TASK_NO_CURRICULUM + ("eviction.restart", "eviction.max_block_tokens",
+                                                              "evaluations"), _BLOCKS, options=("checkpoint",)),
+    "consistency": Analysis("consistency", "ConsistencySpec", "logit/KV differences between eviction timings, and "
+                            "eviction decoding vs the masked forward, for a checkpoint", _show_consistency,
+                            _TASK_NO_CURRICULUM + ("eviction.summary_end_sees_block", "eviction.max_block_tokens"),
+                            _BLOCKS),
+    "restart": Analysis("restart", "RestartSpec", "restart ablation with the memento text held identical (paired, "
+                        "McNemar)", _show_restart,
+                        _TASK_NO_CURRICULUM + ("eviction.restart", "eviction.max_block_tokens"), _BLOCKS),
+    "probe": Analysis("probing", "ProbeSpec", "passcode probe on retained keys/values: conditions, controls, layers",
+                      _show_probe, ("eviction.restart", "eviction.max_block_tokens", "eviction.summary_end_sees_block"),
+                      {"experiment.n_blocks": "blocks"}),
+    "patch": Analysis("patch_maps", "CausalSpec", "activation patching of the retained KV: layer x head / position "
+                      "kind maps", _show_patch, ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
+                                                 "eviction.max_block_tokens"), _BLOCKS, progress=True),
+    "ablate": Analysis("ablation", "CausalSpec", "KV ablation sweep of retained positions: resample, mean, restart, "
+                       "zero", _show_table(["source", "layer", "metric", "metric_low", "metric_high", "restart_share"],
+                                           lambda f: f.experiment == "ablate_layer"),
+                       ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
+                        "eviction.max_block_tokens"), _BLOCKS, progress=True),
+    "erase": Analysis("erasure", "CausalSpec", "LEACE erasure of the passcode from the retained KV vs a random "
+                      "subspace", _show_table(["method", "strength", "probe_accuracy", "answer_accuracy", "answer_low",
+                                               "answer_high"]),
+                      ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
+                       "eviction.max_block_tokens"), _BLOCKS),
+    "capacity": Analysis("capacity", "CapacitySpec", "the channel's capacity against distance: answer accuracy and "
+                         "bits of passcode models", _show_table(["run", "distance", "decoding", "accuracy", "ci95_low",
+                                                                 "ci95_high", "bits"]),
+                         ("eviction.restart", "eviction.max_block_tokens")),
+}
+
+
+def _analysis_flags(parser: argparse.ArgumentParser, verb: str) -> None:
+    analysis = ANALYSES[verb]
+    spec = getattr(importlib.import_module(f"leakage.analysis.{analysis.module}"), analysis.spec)
+    add_flags(parser, spec, skip=analysis.skip, rename=analysis.rename, options=analysis.options)
+    parser.add_argument("--out", help="write the results at this path stem: STEM.csv, STEM.json and its figures "
+                                      "(a .csv or .json suffix is dropped)")
+
+
+def _analysis(args: argparse.Namespace) -> int:
+    """Run an analysis verb's runner on the spec its flags give, print its record."""
+    analysis = ANALYSES[args.command]
+    module = importlib.import_module(f"leakage.analysis.{analysis.module}")
+    spec = from_flags(getattr(module, analysis.spec), args)
+    extra = {}
+    if analysis.progress:
+        from tqdm import tqdm
+
+        extra["progress"] = tqdm
+    record = module.run(spec, args.out, command=f"leakage {args.command} " + " ".join(args.argv), log=print, **extra)
+    analysis.show(record)
+    print(f"{args.command}: {record.seconds:.0f} s")
+    if record.files:
+        print("wrote " + ", ".join(map(str, record.files)))
     return 0
+
+
+def _rl_flags(parser: argparse.ArgumentParser) -> None:
+    from leakage.training.rl import RLConfig
+
+    add_flags(parser, RLConfig)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -359,108 +357,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _restart(args: argparse.Namespace) -> int:
-    """The restart ablation with the memento text held identical: paired accuracies and McNemar's test."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    from leakage.io import atomic_write_json, atomic_write_text
-    from leakage.restart import restart_ablation
-    from leakage.tasks import make_example
-
-    model, tokenizer = _load_checkpoint(args.checkpoint)
-    task = from_flags(TaskConfig, args)
-    examples = [make_example(task, tokenizer, args.seed, i, "val") for i in range(args.n)]
-    result = restart_ablation(model, tokenizer, examples, task.task, from_flags(EvictionConfig, args))
-    report = {"command": "leakage restart " + " ".join(args.argv), "checkpoint": str(args.checkpoint),
-              "seed": args.seed, **result.as_dict()}
-    unit = "block" if task.task == "digits" else "answer digit"
-    for name in ("memento", "restart"):
-        r = report[name]
-        print(f"{name:8s} {r['accuracy']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]  ({r['total']} {unit}s)")
-    low, high = report["drop_ci95"]
-    print(f"drop     {report['drop']:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over examples); paired "
-          f"{report['paired']}; McNemar exact p "
-          + (f"= {report['mcnemar_p']:.2g}" if report["mcnemar_p"] > 0 else "< 1e-300 (below float range)"))
-    if args.out:
-        out = Path(args.out)
-        atomic_write_json(out, report)
-        units = pd.DataFrame({"example": result.example, "memento_correct": result.normal_correct,
-                              "restart_correct": result.restart_correct})
-        atomic_write_text(out.with_suffix(".csv"), units.to_csv(index_label="unit"))
-        print(f"wrote {out} and {out.with_suffix('.csv')}")
-    return 0
-
-
-def _causal(args: argparse.Namespace) -> int:
-    """KV patching maps (`patch`), the ablation sweep (`ablate`) or the erasure curve (`erase`) of a
-    passcode checkpoint (leakage.causal); CSV, the run's config as JSON and a figure beside --out."""
-    import time
-    from dataclasses import asdict
-    from pathlib import Path
-
-    from tqdm import tqdm
-
-    from leakage import causal, plotting
-    from leakage.io import atomic_write_json, atomic_write_text
-
-    model, tokenizer = _load_checkpoint(args.checkpoint)
-    task, config = from_flags(TaskConfig, args), from_flags(EvictionConfig, args)
-    experiment = from_flags(CausalExperiment, args)
-    start = time.perf_counter()
-    if args.command == "erase":
-        frame = causal.erasure_curve(model, tokenizer, task, config, experiment, log=print)
-        plot = plotting.plot_erasure
-        print(frame[["method", "strength", "probe_accuracy", "answer_accuracy", "answer_low", "answer_high"]]
-              .to_string(index=False, float_format="%.3f"))
-    else:
-        examples, twins, digits = causal.passcode_pairs(task, tokenizer, experiment.n, experiment.seed)
-        run = causal.passcode_run(model, tokenizer, examples, twins, digits, config)
-        if args.command == "patch":
-            frame = causal.patching_maps(model, run, experiment.bootstrap, experiment.seed, progress=tqdm)
-            plot = plotting.plot_patching
-            reference = frame[frame.experiment == "reference"]
-            print(reference[["source", "measure", "answer_digit", "metric", "metric_low", "metric_high"]]
-                  .to_string(index=False, float_format="%.3f"))
-            shown = frame[frame.experiment == "patch_layer_head"]
-            columns = ["which", "layer", "kv_head", "effect", "effect_low", "effect_high"]
-        else:
-            frame = causal.ablation_sweep(model, tokenizer, examples, run, config, experiment.bootstrap,
-                                          experiment.seed, progress=tqdm)
-            plot = plotting.plot_ablation
-            shown = frame[frame.experiment == "ablate_layer"]
-            columns = ["source", "layer", "metric", "metric_low", "metric_high", "restart_share"]
-        print(shown[columns].to_string(index=False, float_format="%.3f"))
-    command = f"leakage {args.command} " + " ".join(args.argv)
-    frame.insert(0, "command", command)
-    seconds = time.perf_counter() - start
-    print(f"{args.command}: {seconds:.0f} s")
-    if args.out:
-        out = Path(args.out)
-        atomic_write_text(out, frame.to_csv(index=False))
-        atomic_write_json(out.with_suffix(".json"), {
-            "checkpoint": str(args.checkpoint), "command": command, "task": asdict(task),
-            "eviction": asdict(config), "experiment": asdict(experiment), "seconds": seconds})
-        plot(frame, out.with_suffix(".png"), f"{Path(str(args.checkpoint)).parent.name or args.checkpoint}: "
-                                             f"{args.command}")
-        print(f"wrote {out}, {out.with_suffix('.json')} and {out.with_suffix('.png')}")
-    return 0
-
-
-def _evaluation_flags(parser: argparse.ArgumentParser, n: int, n_help: str, out_help: str,
-                      eviction_skip: tuple[str, ...]) -> None:
-    """Flags of the commands that evaluate a checkpoint on a task's validation examples: --n, --seed, the
-    TaskConfig flags (the paper's fixed blocks: no training curriculum), the EvictionConfig flags
-    (less `eviction_skip`) and --out."""
-    parser.add_argument("--n", type=int, default=n, help=n_help)
-    parser.add_argument("--seed", type=int, default=1)
-    add_flags(parser, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate",))
-    add_flags(parser, EvictionConfig, skip=eviction_skip)
-    parser.add_argument("--out", help=out_help)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the flags of the verbs whose specs need model code (the analyses, `rl`) are added only
+    for `verb` (all of them when `verb` is "all")."""
     parser = argparse.ArgumentParser(prog="leakage", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -504,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     rl.add_argument("--from", dest="source", required=True,
                     help="the SFT run folder (runs/NAME: final/ and config.json) or a checkpoint directory")
     rl.add_argument("--out", required=True, help="RL run folder, e.g. runs/NAME-rl")
-    add_flags(rl, RLConfig)
+    if verb in ("rl", "all"):
+        _rl_flags(rl)
     rl.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     rl.add_argument("--overwrite", action="store_true", help="replace the RL run in --out (its run files only)")
     rl.add_argument("--analysis", action=argparse.BooleanOptionalAction, default=True,
@@ -513,50 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "path stem, e.g. figures/rl_digits_fast")
     rl.set_defaults(func=_rl)
 
-    evaluate = sub.add_parser("eval", help="task accuracy under memento / restart / full-attention decoding")
-    evaluate.add_argument("--checkpoint", required=True)
-    _evaluation_flags(evaluate, 256, "validation examples", "write the results as JSON here",
-                      ("restart", "max_block_tokens"))
-    evaluate.set_defaults(func=_eval)
-
-    consistency = sub.add_parser("consistency", help="logit/KV differences between eviction timings, and "
-                                                     "eviction decoding vs the masked forward, for a checkpoint")
-    consistency.add_argument("checkpoint", help="local HF checkpoint directory")
-    _evaluation_flags(consistency, 32, "validation traces of the task", "write the report as JSON here",
-                      ("summary_end_sees_block", "max_block_tokens"))
-    consistency.set_defaults(func=_consistency)
-
-    restart = sub.add_parser("restart", help="restart ablation with the memento text held identical (paired, McNemar)")
-    restart.add_argument("checkpoint", help="local HF checkpoint directory")
-    _evaluation_flags(restart, 256, "validation examples",
-                      "write the report as JSON here (and the paired units as CSV beside it)",
-                      ("restart", "max_block_tokens"))
-    restart.set_defaults(func=_restart)
-
-    for name, text in (("patch", "activation patching of the retained KV: layer x head / position kind maps"),
-                       ("ablate", "KV ablation sweep of retained positions: resample, mean, restart, zero"),
-                       ("erase", "LEACE erasure of the passcode from the retained KV vs a random subspace")):
-        causal = sub.add_parser(name, help=text)
-        causal.add_argument("checkpoint", help="local HF checkpoint of a passcode model")
-        add_flags(causal, CausalExperiment)
-        add_flags(causal, TaskConfig, rename={"n_blocks": "blocks"}, skip=("short_block_rate", "passcode_blocks"),
-                  defaults={"task": "passcode"})
-        add_flags(causal, EvictionConfig, skip=("restart", "max_block_tokens"))
-        causal.add_argument("--out", help="write the results as CSV here (config JSON and figure beside it)")
-        causal.set_defaults(func=_causal)
-
-    probe = sub.add_parser("probe", help="passcode probe on retained keys/values: conditions, controls, layers")
-    probe.add_argument("checkpoint", help="local HF checkpoint directory (its tokenizer has the Memento tokens)")
-    probe.add_argument("--task", choices=TASKS, default="digits", help="synthetic traces of this task")
-    probe.add_argument("--traces", help="OpenMementos JSON/JSONL: real traces with an injected passcode instead")
-    probe.add_argument("--n", type=int, default=22_000, help="traces (the paper: 50K; 20K at least)")
-    probe.add_argument("--trace-seed", type=int, default=0)
-    probe.add_argument("--n-eval", type=int, default=256,
-                       help="validation examples for each checkpoint's task accuracy (checkpoint sweep)")
-    add_flags(probe, ProbeExperiment, rename={"n_blocks": "blocks"})
-    add_flags(probe, EvictionConfig, skip=("restart", "max_block_tokens", "summary_end_sees_block"))
-    probe.add_argument("--out", help="write every probe's row as CSV here, and its figures beside it")
-    probe.set_defaults(func=_probe)
+    for name, analysis in ANALYSES.items():
+        command = sub.add_parser(name, help=analysis.help)
+        if verb in (name, "all"):
+            _analysis_flags(command, name)
+        command.set_defaults(func=_analysis)
 
     repro = sub.add_parser("reproduce", help="the main job: train the toy model, measure the leak, write REPORT.md")
     add_flags(repro, ReproduceConfig)
@@ -573,15 +434,28 @@ def _user_error(err: BaseException) -> bool:
     return isinstance(err, (UserError, ValueError, KeyError, OSError))
 
 
+def _verb(argv: list[str]) -> str | None:
+    """The subcommand of an argument list (its first argument that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors the user can fix print one line naming what and where, exit code 2;
-    `--debug` shows their traceback. Anything else is a bug and keeps its traceback."""
+    `--debug` shows their traceback. Anything else is a bug and keeps its traceback. The library's
+    warnings (a checkpoint never trained on the format, ...) print as one line on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser()
+    parser = build_parser(_verb(argv))
     args = parser.parse_args(argv)
     args.argv = [a for a in argv if a != "--debug"][1:]  # the subcommand's arguments, for the command in results
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except Exception as err:
         if args.debug or not _user_error(err):
             raise

@@ -1,18 +1,43 @@
-"""Figure style and save helpers. Reads results; never runs a model.
+"""Figure style and save helpers. Reads results; never runs a model, and imports nothing from the wings.
 
 No backend is chosen here: notebooks draw inline, and scripts without a display get matplotlib's
-non-interactive default."""
+non-interactive default. No global style either: every figure function draws inside `style()` (seaborn's
+paper theme), which gives the caller's matplotlib settings back when the figure is saved; wrap your own
+figures in `with plotting.style():` to match.
+"""
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from leakage.io import atomic_file
-from leakage.kv import KVTrace
+
+
+@contextmanager
+def style(name: str = "whitegrid") -> Iterator[None]:
+    """seaborn's `paper` theme with axes style `name` for the figures drawn in the block; matplotlib's
+    settings are restored on exit (`matplotlib.rc_context`)."""
+    with plt.rc_context():
+        sns.set_theme(style=name, context="paper")
+        yield
+
+
+def styled(name: str = "whitegrid"):
+    """Decorator: the figure function draws (and saves) inside `style(name)`."""
+    def wrap(draw):
+        @functools.wraps(draw)
+        def drawn(*args, **kwargs):
+            with style(name):
+                return draw(*args, **kwargs)
+        return drawn
+    return wrap
 
 
 def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
@@ -26,9 +51,9 @@ def save_figure(fig, path: str | Path, dpi: int = 150) -> Path:
     return path
 
 
-def plot_kv_sawtooth(traces: dict[str, KVTrace], path: str | Path, title: str = "") -> Path:
-    """Cache size (tokens) against generated tokens for each named trace (paper Fig. 1 right / Fig. 5)."""
-    sns.set_theme(style="whitegrid", context="paper")
+@styled()
+def plot_kv_sawtooth(traces: dict, path: str | Path, title: str = "") -> Path:
+    """Cache size (tokens) against generated tokens for each named `KVTrace` (paper Fig. 1 right / Fig. 5)."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     for name, trace in traces.items():
         steps = range(1, len(trace.response_steps) + 1)
@@ -40,12 +65,12 @@ def plot_kv_sawtooth(traces: dict[str, KVTrace], path: str | Path, title: str = 
     return save_figure(fig, path)
 
 
+@styled()
 def plot_training_curves(records: list[dict], path: str | Path, title: str = "") -> Path:
     """Training loss (thin) and validation loss (markers) against step, one panel per stage.
 
     `records` are the lines of a run's metrics.jsonl (dicts with 'stage', 'step', 'loss' or 'eval_loss').
     """
-    sns.set_theme(style="whitegrid", context="paper")
     stages = sorted({r["stage"] for r in records})
     fig, axes = plt.subplots(1, len(stages), figsize=(4.2 * len(stages), 3.2), squeeze=False)
     for ax, stage in zip(axes[0], stages):
@@ -132,10 +157,10 @@ def _distance_panel(ax, rows: list[dict], title: str = "") -> None:
     _finish(ax, "distance from the passcode block (-1: causal control)", title)
 
 
+@styled()
 def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Probe accuracy by condition, all layers (the paper's Fig. 10), with 95% intervals and chance,
     and accuracy against distance from the passcode block (Fig. 13, distance panel)."""
-    sns.set_theme(style="whitegrid", context="paper")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6), gridspec_kw={"width_ratios": [3, 2]})
     bars = [r for r in _engine(rows) if r["condition"] in FIG10_CONDITIONS and r["layer"] == "all"
             and not (r["condition"] == "masked" and r["distance"] != 1)]
@@ -150,19 +175,19 @@ def plot_probe_conditions(rows: list[dict], path: str | Path, title: str = "") -
     return save_figure(fig, path)
 
 
+@styled()
 def plot_probe_layers(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """Probe accuracy per layer, direct vs masked (the paper's Table 4 as a figure), with 95% intervals."""
-    sns.set_theme(style="whitegrid", context="paper")
     fig, ax = plt.subplots(figsize=(5, 3.2))
     _layer_panel(ax, rows, title)
     return save_figure(fig, path)
 
 
+@styled()
 def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Path:
     """The sweeps of one probing run (the paper's Fig. 13 and more), each with 95% intervals and chance:
     per layer (direct vs masked d=1), distance, training checkpoint (task accuracy beside), retained
     position kind, keep_last_n_blocks, and the leak spectrum. Panels without rows are left empty."""
-    sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(2, 3, figsize=(14, 7))
     _layer_panel(axes[0, 0], rows, "(a) layer")
     _distance_panel(axes[0, 1], rows, "(b) distance")
@@ -206,10 +231,10 @@ def plot_probe_sweeps(rows: list[dict], path: str | Path, title: str = "") -> Pa
     return save_figure(fig, path)
 
 
+@styled("white")
 def plot_patching(frame, path: str | Path, title: str = "") -> Path:
     """Normalised patching effect (0 = clean, 1 = corrupted) as heat maps: layer x KV head and layer x
-    retained position kind, for keys, values and both (a `leakage.causal.patching_maps` frame)."""
-    sns.set_theme(style="white", context="paper")
+    retained position kind, for keys, values and both (a `leakage.analysis.patch_maps.patching_maps` frame)."""
     fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
     for row, (experiment, column) in enumerate((("patch_layer_head", "kv_head"), ("patch_layer_kind", "kind"))):
         for ax, which in zip(axes[row], ("keys", "values", "both")):
@@ -229,10 +254,10 @@ def plot_patching(frame, path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+@styled()
 def plot_ablation(frame, path: str | Path, title: str = "") -> Path:
     """Answer digit accuracy with each layer's held KV (and all layers') replaced by each ablation source,
-    with 95% intervals, the clean accuracy and chance (a `leakage.causal.ablation_sweep` frame)."""
-    sns.set_theme(style="whitegrid", context="paper")
+    with 95% intervals, the clean accuracy and chance (a `leakage.analysis.ablation.ablation_sweep` frame)."""
     fig, ax = plt.subplots(figsize=(7, 3.4))
     part = frame[frame.experiment == "ablate_layer"]
     sources = list(dict.fromkeys(part.source))
@@ -252,10 +277,10 @@ def plot_ablation(frame, path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+@styled()
 def plot_erasure(frame, path: str | Path, title: str = "") -> Path:
     """Probe accuracy against answer accuracy as the erasure strength grows, LEACE vs a random subspace
-    of the same rank (a `leakage.causal.erasure_curve` frame): one curve linking probing and behaviour."""
-    sns.set_theme(style="whitegrid", context="paper")
+    of the same rank (a `leakage.analysis.erasure.erasure_curve` frame): one curve linking probing and behaviour."""
     fig, ax = plt.subplots(figsize=(5, 4))
     for method, color in (("leace", "tab:red"), ("random", "tab:grey")):
         rows = frame[frame.method == method].sort_values("strength")
@@ -274,10 +299,10 @@ def plot_erasure(frame, path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+@styled()
 def plot_capacity(frame, path: str | Path, title: str = "") -> Path:
     """Answer-digit accuracy and bits per passcode against the passcode's distance to the answer, under
-    memento, restart and full-attention decoding (a `leakage.causal.capacity_sweep` frame)."""
-    sns.set_theme(style="whitegrid", context="paper")
+    memento, restart and full-attention decoding (the rows of `leakage.analysis.capacity.run`)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for mode, color in (("memento", "tab:blue"), ("restart", "tab:red"), ("full_attention", "tab:green")):
         rows = frame[frame.decoding == mode].sort_values("distance")
@@ -298,15 +323,15 @@ def plot_capacity(frame, path: str | Path, title: str = "") -> Path:
     return save_figure(fig, path)
 
 
+@styled()
 def plot_rl(metrics: list[dict], rows, path: str | Path, title: str = "") -> Path:
     """RL before/after in the style of the paper's Fig. 7: (a) maj@k against k after RL, the SFT model's
     as the base line; (b) RL training reward and greedy validation accuracy against step; (c) the
     implicit channel before/after (masked d=1 probe, restart drop). Panel (b) shows the reward, the share
     of answer digits right, on the training rollouts and on greedy validation decoding.
 
-    `metrics`: the run's metrics.jsonl records; `rows`: `leakage.rl_analysis.analysis_rows` (a frame).
+    `metrics`: the run's metrics.jsonl records; `rows`: `leakage.analysis.rl_analysis.analysis_rows` (a frame).
     """
-    sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     ax = axes[0]
     maj = rows[rows["metric"].str.startswith("maj@")]

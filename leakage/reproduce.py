@@ -14,10 +14,12 @@ restart ablation, the probes and the causal experiments. Stages, in order:
     erase     LEACE vs a random subspace (`paper` preset or `--extras`)
     control   a restart-trained control model under restart decoding (`paper` preset or `--extras`)
 
-Each stage writes its files into `out` and a record `out/stages/NAME.json` (results, files, seconds, and
-the key of everything it depends on); a rerun skips a stage whose record has the same key. A stage that
-fails is recorded with its error and the others still run. `REPORT.md` puts the paper's numbers beside
-ours, each with its interval and the file it came from.
+Every analysis stage is its runner (`leakage.analysis.<name>.run`) on the trained model, writing its
+CSV, JSON and figures into `out` exactly as the CLI verb would; each stage also writes a record
+`out/stages/NAME.json` (results, files, seconds, and the key of everything it depends on), and a rerun
+skips a stage whose record has the same key. A stage that fails is recorded with its error and the
+others still run. `REPORT.md` puts the paper's numbers beside ours, each with its interval and the file
+it came from.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from leakage.config import CausalExperiment, EvictionConfig, ProbeExperiment
+from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.io import atomic_write_json, atomic_write_text
-from leakage.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig
+from leakage.training.tasks import TaskConfig
 
 PAPER = {  # facts: ../shared/reference/memento-facts.md
     "toy_task_accuracy": 0.95,  # 4 layers, d_model 128, 10 blocks of 5 digits
@@ -51,26 +53,26 @@ PAPER = {  # facts: ../shared/reference/memento-facts.md
 class ReproducePlan:
     """The size of every stage: a named preset.
 
-    train: the `leakage.train` preset. n_blocks: blocks per trace (passcode in block 1). n_eval:
-    validation examples per accuracy. probe_traces / probe_kind: the probe's dataset and model.
-    causal_n: example pairs of the causal stages. extras: also run `erase`, the restart-trained control and
-    the per-layer probes.
+    train: the training preset (`leakage.training.train.TRAIN_PRESETS`). n_blocks: blocks per trace
+    (passcode in block 1). n_eval: validation examples per accuracy. probe_traces / probe: the probe's
+    dataset and its preset (`leakage.analysis.probe.PROBE_PRESETS`). causal_n: example pairs of the causal
+    stages. extras: also run `erase`, the restart-trained control and the per-layer probes.
     """
 
     train: str
     n_blocks: int
     n_eval: int
     probe_traces: int
-    probe_kind: str
+    probe: str
     causal_n: int
     extras: bool = False
 
 
 PLANS: dict[str, ReproducePlan] = {
-    "smoke": ReproducePlan(train="smoke", n_blocks=3, n_eval=8, probe_traces=240, probe_kind="linear", causal_n=8),
-    "fast": ReproducePlan(train="fast", n_blocks=4, n_eval=256, probe_traces=10_000, probe_kind="mlp", causal_n=256),
-    "paper": ReproducePlan(train="paper", n_blocks=10, n_eval=512, probe_traces=50_000, probe_kind="mlp",
-                           causal_n=512, extras=True),
+    "smoke": ReproducePlan(train="smoke", n_blocks=3, n_eval=8, probe_traces=240, probe="smoke", causal_n=8),
+    "fast": ReproducePlan(train="fast", n_blocks=4, n_eval=256, probe_traces=10_000, probe="mlp", causal_n=256),
+    "paper": ReproducePlan(train="paper", n_blocks=10, n_eval=512, probe_traces=50_000, probe="mlp", causal_n=512,
+                           extras=True),
 }
 
 
@@ -105,91 +107,87 @@ class ReproduceConfig:
         return TaskConfig(task="passcode", n_blocks=self.plan.n_blocks, passcode_block=1)
 
 
-def ensure_trained(task: TaskConfig, preset: str, runs_dir: str | Path = "runs", seed: int = 0,
-                   short_block_rate: float = TRAINING_SHORT_BLOCK_RATE, eviction: EvictionConfig = EvictionConfig(),
-                   name: str | None = None) -> Path:
-    """The `final/` model of `runs_dir/NAME` (default `{task}-{preset}`), a two-stage `leakage train` run
-    of `task` with the training curriculum: reused when there, resumed when it stopped, trained otherwise."""
-    from leakage.train import RunConfig, train, train_preset
-
-    path = Path(runs_dir) / (name or f"{task.task}-{preset}")
-    run = RunConfig(task=replace(task, short_block_rate=short_block_rate), preset=train_preset(preset),
-                    eviction=eviction, seed=seed)
-    return train(run, path, resume=True)
-
-
 # -- stages ----------------------------------------------------------------------------------------------
 
 @dataclass
 class Context:
-    """What the stages share: the config, the output folder, and the model once `train` has run."""
+    """What the stages share: the config, the output folder, the command, and the model once `train` has run."""
 
     config: ReproduceConfig
     out: Path
     checkpoint: Path | None = None
-    _model: tuple | None = None
 
-    def model(self):
-        from leakage.model import load_model
+    @property
+    def command(self) -> str:
+        config = self.config
+        return (f"leakage reproduce --preset {config.preset} --out {config.out} --runs-dir {config.runs_dir} "
+                f"--seed {config.seed}" + (" --extras" if config.extras else ""))
 
+    @property
+    def model(self) -> str:
+        """The trained model's checkpoint (what every analysis stage's spec names)."""
         if self.checkpoint is None:
             raise RuntimeError("no trained model: the train stage did not finish")
-        if self._model is None:
-            self._model = load_model(self.checkpoint)
-        return self._model
+        return str(self.checkpoint)
 
     def path(self, name: str) -> Path:
         return self.out / name
+
+    def causal(self, **experiment):
+        """The causal stages' `CausalSpec` on the trained model (`experiment`: extra `CausalExperiment` fields)."""
+        from leakage.analysis.twins import CausalExperiment, CausalSpec
+
+        return CausalSpec(self.model, self.config.task, EvictionConfig(),
+                          CausalExperiment(n=self.config.plan.causal_n, seed=self.config.seed, **experiment))
 
 
 def stage_train(ctx: Context) -> dict:
     import pandas as pd
 
     from leakage.plotting import plot_training_curves
+    from leakage.training.train import TrainedRun, ensure_trained
 
     config = ctx.config
     start = time.perf_counter()
     ctx.checkpoint = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
                                     name=f"reproduce-passcode{config.plan.n_blocks}-{config.preset}")
-    run_dir = ctx.checkpoint.parent
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    table = pd.DataFrame([json.loads(line) for line in lines])
+    run = TrainedRun(ctx.checkpoint.parent)
+    table = pd.DataFrame(run.metrics())
     atomic_write_text(ctx.path("training.csv"), table.to_csv(index=False))
     plot_training_curves(table.to_dict("records"), ctx.path("training.png"),
                          title=f"two-stage Memento SFT ({config.plan.train} preset)")
-    stages = {p.parent.name: json.loads(p.read_text()) for p in sorted(run_dir.glob("stage*/done.json"))}
     return {"checkpoint": str(ctx.checkpoint), "seconds_here": time.perf_counter() - start,
-            "train_wall_seconds": sum(s.get("wall_seconds") or 0 for s in stages.values()),
+            "train_wall_seconds": sum(s.get("wall_seconds") or 0 for s in run.stage_records().values()),
             "files": ["training.csv", "training.png"]}
 
 
-def stage_evaluate(ctx: Context) -> dict:
-    from leakage.evaluate import (answer_accuracy, block_accuracy_free_running, block_accuracy_teacher_forced,
-                                  decoding_modes)
-    from leakage.tasks import make_example
+EVALUATIONS = (("sums_teacher_forced", "sums", "teacher_forced"), ("sums_free_running", "sums", "free_running"),
+               ("passcode_answer", "answer_digits", "teacher_forced"))
+"""What the main job scores: the running sums (the paper's task accuracy) and the passcode's answer digits."""
 
-    model, tokenizer = ctx.model()
-    examples = [make_example(ctx.config.task, tokenizer, ctx.config.seed + 1, i, "val")
-                for i in range(ctx.config.plan.n_eval)]
-    configs = decoding_modes()
-    scorers = {"sums_teacher_forced": block_accuracy_teacher_forced, "sums_free_running": block_accuracy_free_running,
-               "passcode_answer": answer_accuracy}
-    return {f"{mode}/{name}": scorer(model, tokenizer, examples, config).as_dict()
-            for mode, config in configs.items() for name, scorer in scorers.items()}
+
+def stage_evaluate(ctx: Context) -> dict:
+    from leakage.analysis import evaluation
+
+    spec = evaluation.EvaluationSpec(ctx.model, ctx.config.task, n=ctx.config.plan.n_eval, seed=ctx.config.seed + 1,
+                                     evaluations=EVALUATIONS)
+    record = evaluation.run(spec, ctx.path("evaluate"), command=ctx.command)
+    return {k: v for k, v in record.results.items() if "/" in k} | {"files": ["evaluate.csv", "evaluate.json"]}
 
 
 def stage_kv(ctx: Context) -> dict:
-    from leakage.decode import generate
-    from leakage.kv import simulate_kv
+    from leakage.engine.decode import generate
+    from leakage.engine.model import load_model
+    from leakage.memento.kv import simulate_kv
     from leakage.plotting import plot_kv_sawtooth
-    from leakage.tasks import make_example
+    from leakage.training.tasks import make_example
 
-    model, tokenizer = ctx.model()
+    model, tokenizer = load_model(ctx.model)
     example = make_example(ctx.config.task, tokenizer, ctx.config.seed + 2, 0, "val")
     prompt = example.ids[:example.prompt_len + 1]  # the question and <think>: the model writes the rest
     out = generate(model, tokenizer, prompt, EvictionConfig(), max_new_tokens=len(example.ids) + 40).sequences[0]
     fed = out.ids[:len(out.kv.cached_tokens)]
-    vanilla = simulate_kv(fed, tokenizer, EvictionConfig(keep_last_n_blocks=-1), prompt_len=out.prompt_len,
+    vanilla = simulate_kv(fed, tokenizer, EVICTION_PRESETS["vanilla"], prompt_len=out.prompt_len,
                           plain_prompt=False, strict=False)
     plot_kv_sawtooth({"vanilla": vanilla, "memento": out.kv}, ctx.path("kv_sawtooth.png"),
                      title="KV cache while the trained model writes a trace")
@@ -199,121 +197,78 @@ def stage_kv(ctx: Context) -> dict:
             "text": tokenizer.decode(out.response), "files": ["kv_sawtooth.png"]}
 
 
+PROBED = {"direct": ("direct", 0, "all"), "masked_d1": ("masked", 1, "all"), "masked_d2": ("masked", 2, "all"),
+          "causal_control": ("causal_control", -1, "all"), "restart_kv": ("restart_kv", 1, "all"),
+          "random_init": ("random_init", 1, "all"), "control_task": ("control_task", 1, "all")}
+"""The probe rows the report quotes: name -> (condition, distance, layer)."""
+
+
 def stage_probe(ctx: Context) -> dict:
-    import pandas as pd
+    from leakage.analysis import probing
+    from leakage.analysis.probe import probe_preset
 
-    from leakage.model import untrained_like
-    from leakage.plotting import plot_probe_conditions
-    from leakage.probe import ProbeConfig
-    from leakage.probe_data import synthetic_traces
-    from leakage.probing import probe_conditions
-
-    model, tokenizer = ctx.model()
-    plan = ctx.config.plan
-    experiment = ProbeExperiment(n_blocks=plan.n_blocks, passcode_block=1, kind=plan.probe_kind, per_layer=plan.extras,
-                                 mdl=False, precision=False, max_keep=0, checkpoints=0, seed=ctx.config.seed)
-    traces = synthetic_traces(ctx.config.task, tokenizer, plan.probe_traces, seed=ctx.config.seed)
-    probe = ProbeConfig(kind=plan.probe_kind, max_epochs=5) if plan.train == "smoke" else None
-    rows = probe_conditions(model, tokenizer, traces, experiment, random_model=untrained_like(model, ctx.config.seed),
-                            probe=probe)
-    atomic_write_text(ctx.path("probe.csv"), pd.DataFrame(rows).to_csv(index=False))
-    plot_probe_conditions(rows, ctx.path("probe.png"), title="passcode probe on the retained KV")
-    pick = {(r["condition"], r.get("distance"), r["layer"]): r for r in rows if r.get("timing", "engine") == "engine"}
-    keep = {"direct": ("direct", 0, "all"), "masked_d1": ("masked", 1, "all"), "masked_d2": ("masked", 2, "all"),
-            "causal_control": ("causal_control", -1, "all"), "restart_kv": ("restart_kv", 1, "all"),
-            "random_init": ("random_init", 1, "all"), "control_task": ("control_task", 1, "all")}
-    found = {name: pick[key] for name, key in keep.items() if key in pick}
-    return {**{name: {k: r[k] for k in ("accuracy", "ci95_low", "ci95_high")} for name, r in found.items()},
-            "traces": plan.probe_traces, "probe": plan.probe_kind, "files": ["probe.csv", "probe.png"]}
+    plan, seed = ctx.config.plan, ctx.config.seed
+    experiment = probing.ProbeExperiment(n_blocks=plan.n_blocks, passcode_block=1, per_layer=plan.extras, mdl=False,
+                                         precision=False, max_keep=0, checkpoints=0, seed=seed)
+    spec = probing.ProbeSpec(ctx.model, task="passcode", n=plan.probe_traces, trace_seed=seed, experiment=experiment,
+                             probe=probe_preset(plan.probe))
+    record = probing.run(spec, ctx.path("probe"), command=ctx.command)
+    rows = record.rows
+    engine = rows[rows["timing"].fillna("engine") == "engine"] if "timing" in rows.columns else rows
+    found = {}
+    for name, (condition, distance, layer) in PROBED.items():
+        match = engine[(engine.condition == condition) & (engine.distance == distance) & (engine.layer == layer)]
+        if len(match):
+            found[name] = {k: float(match.iloc[0][k]) for k in ("accuracy", "ci95_low", "ci95_high")}
+    return {**found, "traces": plan.probe_traces, "probe": spec.probe.kind,
+            "files": ["probe.csv", "probe.json", "probe_conditions.png", "probe_layers.png", "probe_sweeps.png"]}
 
 
 def stage_restart(ctx: Context) -> dict:
-    from leakage.restart import restart_ablation
-    from leakage.tasks import make_example
+    from leakage.analysis import restart
 
-    model, tokenizer = ctx.model()
-    examples = [make_example(ctx.config.task, tokenizer, ctx.config.seed + 1, i, "val")
-                for i in range(ctx.config.plan.n_eval)]
-    out = {"sums": restart_ablation(model, tokenizer, examples, "digits").as_dict(),
-           "passcode_answer": restart_ablation(model, tokenizer, examples, "passcode").as_dict()}
-    atomic_write_json(ctx.path("restart.json"), out)
-    return {**out, "files": ["restart.json"]}
-
-
-def _causal_run(ctx: Context):
-    from leakage.causal import passcode_pairs, passcode_run
-
-    model, tokenizer = ctx.model()
-    examples, twins, digits = passcode_pairs(ctx.config.task, tokenizer, ctx.config.plan.causal_n, ctx.config.seed)
-    return model, tokenizer, examples, passcode_run(model, tokenizer, examples, twins, digits, EvictionConfig())
+    results = {}
+    for name, unit, stem in (("sums", "sums", "restart"), ("passcode_answer", "answer_digits", "restart_answer")):
+        spec = restart.RestartSpec(ctx.model, ctx.config.task, n=ctx.config.plan.n_eval, seed=ctx.config.seed + 1,
+                                   unit=unit)
+        results[name] = restart.run(spec, ctx.path(stem), command=ctx.command).results
+    return {**results, "files": ["restart.csv", "restart.json", "restart_answer.csv", "restart_answer.json"]}
 
 
 def stage_patch(ctx: Context) -> dict:
-    from leakage.causal import patching_maps
-    from leakage.plotting import plot_patching
+    from leakage.analysis import patch_maps
 
-    model, _, _, run = _causal_run(ctx)
-    frame = patching_maps(model, run, bootstrap=1000, seed=ctx.config.seed)
-    atomic_write_text(ctx.path("patch.csv"), frame.to_csv(index=False))
-    plot_patching(frame, ctx.path("patch.png"), "KV patching (twin passcode, same mementos)")
-    maps = frame[(frame.experiment == "patch_layer_head") & (frame.which == "both")]
-    top = maps.sort_values("effect", ascending=False).iloc[0]
-    reference = frame[(frame.experiment == "reference") & (frame.measure == "logit_difference")]
-    return {"top_layer_head": {"layer": int(top.layer), "kv_head": int(top.kv_head), "effect": float(top.effect),
-                               "effect_low": float(top.effect_low), "effect_high": float(top.effect_high)},
-            "second_effect": float(maps.sort_values("effect", ascending=False).iloc[1].effect),
-            "logit_difference": {r.source: float(r.metric) for r in reference.itertuples()},
-            "files": ["patch.csv", "patch.png"]}
+    record = patch_maps.run(ctx.causal(), ctx.path("patch"), command=ctx.command)
+    return {**record.results, "files": ["patch.csv", "patch.json", "patch.png"]}
 
 
 def stage_ablate(ctx: Context) -> dict:
-    from leakage.causal import ablation_sweep
-    from leakage.plotting import plot_ablation
+    from leakage.analysis import ablation
 
-    model, tokenizer, examples, run = _causal_run(ctx)
-    frame = ablation_sweep(model, tokenizer, examples, run, EvictionConfig(), bootstrap=1000, seed=ctx.config.seed)
-    atomic_write_text(ctx.path("ablate.csv"), frame.to_csv(index=False))
-    plot_ablation(frame, ctx.path("ablate.png"), "KV ablation of the retained positions")
-    layers = frame[frame.experiment == "ablate_layer"]
-    return {"clean": float(frame.clean.iloc[0]),
-            "by_layer": {f"{r.source}/{r.layer}": {"accuracy": float(r.metric), "ci95_low": float(r.metric_low),
-                                                   "ci95_high": float(r.metric_high),
-                                                   "restart_share": float(r.restart_share)}
-                         for r in layers.itertuples()},
-            "files": ["ablate.csv", "ablate.png"]}
+    record = ablation.run(ctx.causal(), ctx.path("ablate"), command=ctx.command)
+    return {**record.results, "files": ["ablate.csv", "ablate.json", "ablate.png"]}
 
 
 def stage_erase(ctx: Context) -> dict:
-    from leakage.causal import erasure_curve
-    from leakage.plotting import plot_erasure
+    from leakage.analysis import erasure
 
-    model, tokenizer = ctx.model()
-    experiment = CausalExperiment(n=ctx.config.plan.causal_n, reference=8 * ctx.config.plan.causal_n,
-                                  seed=ctx.config.seed)
-    frame = erasure_curve(model, tokenizer, ctx.config.task, EvictionConfig(), experiment)
-    atomic_write_text(ctx.path("erase.csv"), frame.to_csv(index=False))
-    plot_erasure(frame, ctx.path("erase.png"), "LEACE vs a random subspace of the same rank")
-    full = frame[frame.strength == 1.0].set_index("method")
-    return {method: {"probe_accuracy": float(full.probe_accuracy[method]),
-                     "answer_accuracy": float(full.answer_accuracy[method])} for method in full.index} | {
-        "files": ["erase.csv", "erase.png"]}
+    record = erasure.run(ctx.causal(reference=8 * ctx.config.plan.causal_n), ctx.path("erase"), command=ctx.command)
+    return {**record.results, "files": ["erase.csv", "erase.json", "erase.png"]}
 
 
 def stage_control(ctx: Context) -> dict:
-    from leakage.evaluate import block_accuracy_free_running, block_accuracy_teacher_forced
-    from leakage.model import load_model
-    from leakage.tasks import make_example
+    from leakage.analysis import evaluation
+    from leakage.training.train import ensure_trained
 
     config = ctx.config
     final = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
                            eviction=EvictionConfig(restart=True),
                            name=f"reproduce-passcode{config.plan.n_blocks}-restart-{config.preset}")
-    model, tokenizer = load_model(final)
-    examples = [make_example(config.task, tokenizer, config.seed + 1, i, "val") for i in range(config.plan.n_eval)]
-    restart = EvictionConfig(restart=True)
-    return {"checkpoint": str(final),
-            "restart/sums_teacher_forced": block_accuracy_teacher_forced(model, tokenizer, examples, restart).as_dict(),
-            "restart/sums_free_running": block_accuracy_free_running(model, tokenizer, examples, restart).as_dict()}
+    spec = evaluation.EvaluationSpec(str(final), config.task, n=config.plan.n_eval, seed=config.seed + 1,
+                                     evaluations=EVALUATIONS[:2])
+    record = evaluation.run(spec, ctx.path("control"), command=ctx.command)
+    return {"checkpoint": str(final), **{k: v for k, v in record.results.items() if k.startswith("restart/")},
+            "files": ["control.csv", "control.json"]}
 
 
 STAGES: dict[str, Callable[[Context], dict]] = {
@@ -326,8 +281,9 @@ EXTRAS = ("erase", "control")
 
 def _key(config: ReproduceConfig, name: str, checkpoint: Path | None) -> str:
     """What a stage's result depends on: the plan, the seed, and the trained weights."""
-    weights = checkpoint / "model.safetensors" if checkpoint is not None else None
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights is not None and weights.is_file() else ""
+    from leakage.engine.model import checkpoint_sha256
+
+    digest = checkpoint_sha256(checkpoint) if checkpoint is not None and checkpoint.is_dir() else ""
     text = json.dumps([name, asdict(config.plan), config.seed, config.runs_dir if name in ("train", "control") else "",
                        digest if name != "train" else ""], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -414,7 +370,7 @@ def report_text(config: ReproduceConfig, records: dict) -> str:
     if probe:
         lines.append(f"* Probe controls: causal control (block 0's memento) {_ci(probe.get('causal_control'))}, "
                      f"restart KV {_ci(probe.get('restart_kv'))}, control task {_ci(probe.get('control_task'))}, "
-                     f"same architecture untrained {_ci(probe.get('random_init'))} (chance 10%; probe.csv, probe.png).")
+                     f"same architecture untrained {_ci(probe.get('random_init'))} (chance 10%; probe.csv, probe_conditions.png).")
     if ev:
         lines.append(f"* Passcode answer digits: memento {_ci(ev.get('memento/passcode_answer'))}, restart "
                      f"{_ci(ev.get('restart/passcode_answer'))}, full attention {_ci(ev.get('full_attention/passcode_answer'))} "

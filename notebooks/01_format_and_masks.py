@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -69,7 +71,7 @@ def show(mask, title):
     plt.show()
 
 
-show(memento_mask(ids, tokenizer, config=config), f"memento mask, {config}")
+show(memento_mask(ids, tokenizer, eviction=config), f"memento mask, {config}")
 
 # %% [markdown]
 # The two variants beside it: `summary_end_sees_block=True` (this package's earlier timing, not the engine's)
@@ -78,9 +80,9 @@ show(memento_mask(ids, tokenizer, config=config), f"memento mask, {config}")
 # %%
 late = EvictionConfig(keep_last_n_blocks=KEEP_LAST_N_BLOCKS, summary_end_sees_block=True)
 restart = EvictionConfig(keep_last_n_blocks=max(KEEP_LAST_N_BLOCKS, 0), restart=True)
-print("positions where the earlier timing differs:", (memento_mask(ids, tokenizer, config=late) ^
-                                                      memento_mask(ids, tokenizer, config=config)).nonzero().tolist())
-show(memento_mask(ids, tokenizer, config=restart), "restart mask (final rows)")
+print("positions where the earlier timing differs:", (memento_mask(ids, tokenizer, eviction=late) ^
+                                                      memento_mask(ids, tokenizer, eviction=config)).nonzero().tolist())
+show(memento_mask(ids, tokenizer, eviction=restart), "restart mask (final rows)")
 
 # %% [markdown]
 # ## The eviction schedule, step by step

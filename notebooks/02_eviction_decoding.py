@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -33,8 +35,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from leakage import EvictionConfig, additive_mask, generate, load_model, memento_mask, teacher_force
-from leakage.reproduce import ensure_trained
-from leakage.tasks import TaskConfig, make_example
+from leakage.training.train import ensure_trained
+from leakage.training.tasks import TaskConfig, make_example
 
 if not Path(CHECKPOINT).exists():
     CHECKPOINT = ensure_trained(TaskConfig(task="digits"), PRESET)

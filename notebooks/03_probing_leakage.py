@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,10 +37,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from leakage import EvictionConfig, load_model
-from leakage.probe import ProbeConfig, control_labels, fit_probe, shuffled_labels
-from leakage.probe_data import capture_dataset, site_name, synthetic_traces
-from leakage.reproduce import ensure_trained
-from leakage.tasks import TaskConfig
+from leakage.analysis.probe import ProbeConfig, control_labels, fit_probe, shuffled_labels
+from leakage.analysis.probe_data import capture_dataset, site_name, synthetic_traces
+from leakage.training.train import ensure_trained
+from leakage.training.tasks import TaskConfig
 
 if not Path(CHECKPOINT).exists():
     CHECKPOINT = ensure_trained(TaskConfig(task="digits"), PRESET)
@@ -57,7 +59,7 @@ config = ProbeConfig(kind=PROBE, max_epochs=200 if PRESET != "smoke" else 5)
 results = {}
 for part, offset in sites:
     name = site_name(part, offset)
-    results[name] = fit_probe(data.features(name, LAYERS), data.labels, data.groups, kind=PROBE, config=config)
+    results[name] = fit_probe(data.features(name, LAYERS), data.labels, data.groups, config)
     r = results[name]
     print(f"{name:>10}: {r.accuracy:.3f} [{r.ci95[0]:.3f}, {r.ci95[1]:.3f}]  (chance {r.chance:.2f})")
 
@@ -69,9 +71,8 @@ for part, offset in sites:
 # %%
 masked = site_name("memento", 1)
 features = data.features(masked, LAYERS)
-shuffled = fit_probe(features, shuffled_labels(data.labels, data.groups), data.groups, kind=PROBE, config=config)
-control = fit_probe(features, control_labels(data.groups, data.labels.shape[1]), data.groups, kind=PROBE,
-                    config=config)
+shuffled = fit_probe(features, shuffled_labels(data.labels, data.groups), data.groups, config)
+control = fit_probe(features, control_labels(data.groups, data.labels.shape[1]), data.groups, config)
 print(f"shuffled labels {shuffled.accuracy:.3f}, control task {control.accuracy:.3f}, "
       f"selectivity {results[masked].accuracy - control.accuracy:+.3f}")
 
@@ -87,6 +88,15 @@ plt.legend()
 plt.show()
 
 # %% [markdown]
-# `leakage probe CHECKPOINT --out figures/probe.csv` runs every condition and sweep of the paper (per
-# layer, distance, retained position kind, keep_last_n_blocks, checkpoints, bf16, the leak spectrum);
-# `docs/results.md` has the `fast` results.
+# ## Every condition at once: the runner
+# `leakage probe CHECKPOINT --out figures/probe.csv` runs the whole experiment: every condition and control
+# above plus per layer, distance, retained position kind, keep_last_n_blocks, checkpoints, bf16 and the leak
+# spectrum. It is one call of `leakage.analysis.probing.run`, here with the sweeps left out; `out=` would
+# write its CSV, JSON and figures. `docs/results.md` has the `fast` results.
+
+# %%
+from leakage.analysis import probing
+
+experiment = probing.ProbeExperiment(per_layer=False, mdl=False, precision=False, max_keep=0, checkpoints=0)
+record = probing.run(probing.ProbeSpec(str(CHECKPOINT), n=N_TRACES, experiment=experiment, probe=config))
+record.rows[["condition", "distance", "site", "accuracy", "ci95_low", "ci95_high", "paper_toy"]]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -35,10 +37,12 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 
 from leakage import EvictionConfig, load_model
-from leakage.causal import ablation_sweep, passcode_pairs, passcode_run, reference_rows
-from leakage.patching import clean_and_corrupted, kv_patch_layer_head, kv_patch_layer_kind
-from leakage.reproduce import ensure_trained
-from leakage.tasks import TaskConfig
+from leakage.analysis import ablation
+from leakage.analysis.patch_maps import reference_rows
+from leakage.analysis.twins import CausalExperiment, CausalSpec, passcode_pairs, passcode_run
+from leakage.analysis.patching import clean_and_corrupted, kv_patch_layer_head, kv_patch_layer_kind
+from leakage.training.train import ensure_trained
+from leakage.training.tasks import TaskConfig
 
 task = TaskConfig(task="passcode")
 if not Path(CHECKPOINT).exists():
@@ -76,7 +80,8 @@ kinds[kinds.layer == LAYER][["kind", "effect", "effect_low", "effect_high"]]
 # for reasons unrelated to content.
 
 # %%
-sweep = ablation_sweep(model, tokenizer, examples, run, EvictionConfig(), bootstrap=200)
+spec = CausalSpec(str(CHECKPOINT), task, experiment=CausalExperiment(n=N, bootstrap=200))
+sweep = ablation.run(spec).rows  # the runner `leakage ablate` calls: spec in, record out (`out=` writes it)
 sweep[sweep.experiment == "ablate_layer"].pivot(index="layer", columns="source", values="metric")
 
 # %% [markdown]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -32,13 +34,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from leakage.config import EvictionConfig, RLConfig
-from leakage.model import load_model
-from leakage.probe import ProbeConfig
-from leakage.reproduce import ensure_trained
-from leakage.rl import build_trainer, logprob_agreement, rl_train, sft_source
-from leakage.rollout import sample_rollouts
-from leakage.tasks import TaskConfig, make_example
+from leakage.config import EvictionConfig
+from leakage.engine.model import load_model
+from leakage.training.rl import RLConfig, build_trainer, logprob_agreement, rl_train, sft_source
+from leakage.training.train import ensure_trained
+from leakage.training.rollout import sample_rollouts
+from leakage.training.tasks import TaskConfig, make_example
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 if not Path(SFT_RUN, "final").exists():
@@ -79,18 +80,16 @@ metrics = pd.DataFrame([json.loads(line) for line in Path(RL_RUN, "metrics.jsonl
 metrics.dropna(subset=["reward"])[["step", "reward", "kl", "rollout/answer_digits", "rollout/peak_kv"]].tail()
 
 # %%
+from leakage.analysis import rl_analysis
+from leakage.analysis.probe import probe_preset
 from leakage.plotting import plot_rl
-from leakage.rl_analysis import analysis_rows, compare_checkpoints
 
 analysis = Path(RL_RUN, "analysis.json")
 if analysis.exists():  # written by `leakage rl` with the same checkpoints
-    records = json.loads(analysis.read_text())["records"]
-else:
-    plan = config.plan
-    probe = ProbeConfig(kind="linear", max_epochs=5) if PRESET == "smoke" else None  # smoke: seconds
-    records = compare_checkpoints(checkpoint, final, task, plan.n_eval, plan.eval_samples, plan.probe_traces,
-                                  probe=probe)
-rows = pd.DataFrame(analysis_rows(records))
+    rows = pd.DataFrame(rl_analysis.analysis_rows(json.loads(analysis.read_text())["records"]))
+else:  # the runner `leakage rl` calls; smoke: a linear probe for 5 epochs (seconds)
+    spec = rl_analysis.RLAnalysisSpec(RL_RUN, probe=probe_preset("smoke" if PRESET == "smoke" else "mlp"))
+    rows = rl_analysis.run(spec, out=Path(RL_RUN, "analysis")).rows
 rows[rows["metric"].isin(["greedy_answer_digits_memento", "greedy_answer_digits_restart", "restart_drop_answer_digits",
                           "probe_masked_d1", "memento_text/passcode_digits", "memento_text/sum_digits_right"])]
 

@@ -2,7 +2,7 @@
 
 from hypothesis import strategies as st
 
-from leakage.spans import MarkerIds
+from leakage.memento.spans import MarkerIds
 
 MARKERS = MarkerIds(block_start=100, block_end=101, summary_start=102, summary_end=103, think_start=104,
                     think_end=105)

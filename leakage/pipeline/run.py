@@ -3,7 +3,7 @@
 Input, one JSON object per line: {"cot": "<think>reasoning</think>answer", "problem": ..., other fields}.
 A trace's id is its `task_id` (else `id`, else "line N"). Output: OpenMementos records
 {"problem", "answer", "segments": [block, summary, ..., answer], other input fields...,
-"memento_pipeline": {how it was made}}, readable by `leakage.trace.read_openmementos`.
+"memento_pipeline": {how it was made}}, readable by `leakage.memento.trace.read_openmementos`.
 
 `process_trace` is the pure per-trace core: split -> score -> segment -> compress.
 `run_pipeline` runs it over a file with a checkpoint directory: each finished trace is written there at
@@ -35,7 +35,7 @@ from leakage.pipeline.scoring import BoundaryScorer
 from leakage.pipeline.segment import SegmentConfig, segment
 from leakage.pipeline.sentences import SplitConfig, naive_split, split_sentences
 from leakage.pipeline.tokenizer import span_token_counts, token_counter, tokenizer_fingerprint, tokenizer_label
-from leakage.trace import OpenMementosRecord
+from leakage.memento.trace import OpenMementosRecord
 
 CHECKPOINT_VERSION = 2
 META_KEY = "memento_pipeline"

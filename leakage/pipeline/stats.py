@@ -4,7 +4,7 @@ Sizes are measured on each segment tokenised on its own (as `MementoTrace.to_ids
 the given tokenizer. Compression ratio = memento tokens / block tokens (per block, and per trace over
 all blocks); the paper reports medians of 0.16-0.23 per block and about 6x per trace.
 
-KV simulation replays `MementoTrace.to_ids(tokenizer)` through `leakage.kv.simulate_kv` twice: vanilla
+KV simulation replays `MementoTrace.to_ids(tokenizer)` through `leakage.memento.kv.simulate_kv` twice: vanilla
 (`keep_last_n_blocks=-1`, nothing evicted) and Memento (`keep_last_n_blocks=0`, each block evicted once
 its memento closes). Peak and AUC are over the response (after the prompt); ratio = vanilla / memento.
 Plot functions import matplotlib/seaborn lazily and write files atomically (`leakage.plotting.save_figure`).
@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from leakage.config import EvictionConfig
-from leakage.kv import KVTrace, simulate_kv
+from leakage.config import EVICTION_PRESETS
+from leakage.memento.kv import KVTrace, simulate_kv
 from leakage.pipeline.tokenizer import token_counter
-from leakage.trace import OpenMementosRecord, read_openmementos
+from leakage.plotting import styled
+from leakage.memento.trace import OpenMementosRecord, read_openmementos
 
-VANILLA = EvictionConfig(keep_last_n_blocks=-1)
-MEMENTO = EvictionConfig(keep_last_n_blocks=0)
+VANILLA = EVICTION_PRESETS["vanilla"]
+MEMENTO = EVICTION_PRESETS["memento"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def block_frame(stats: Sequence[TraceStats]):
     return pd.DataFrame(rows)
 
 
+@styled()
 def plot_pipeline_stats(stats: Sequence[TraceStats], path: str | Path, caption: str = "") -> Path:
     """Fig. 3 / Fig. 6 style panels: blocks per trace, block tokens, memento tokens, memento vs block size."""
     import matplotlib.pyplot as plt
@@ -140,7 +142,6 @@ def plot_pipeline_stats(stats: Sequence[TraceStats], path: str | Path, caption: 
 
     frame = block_frame(stats)
     per_trace = [{"source": s.source, "n_blocks": s.n_blocks} for s in stats]
-    sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
     ax = axes[0, 0]
     sources = list(dict.fromkeys(s.source for s in stats))
@@ -214,14 +215,12 @@ def kv_of_files(paths: Sequence[str | Path], tokenizer, labels: Sequence[str] | 
     return _each_record(paths, labels, lambda record, trace_id, label: kv_compare(record, tokenizer, trace_id, label))
 
 
+@styled()
 def plot_kv(comparisons: Sequence[KVComparison], path: str | Path, caption: str = "") -> Path:
     """Cache size vs generated tokens, vanilla vs Memento, one panel per trace (the sawtooth)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     from leakage.plotting import save_figure
-
-    sns.set_theme(style="whitegrid", context="paper")
 
     n = len(comparisons)
     cols = min(n, 2)

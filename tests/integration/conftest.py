@@ -1,6 +1,6 @@
 import pytest
 
-from leakage.model import build_model
+from leakage.engine.model import build_model
 
 
 @pytest.fixture(scope="module")

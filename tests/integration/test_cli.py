@@ -36,7 +36,7 @@ def test_decode_teacher_forced_prints_segments_kv_and_plots(capsys, tmp_path):
 
 
 def test_decode_generates_from_a_checkpoint(capsys, tmp_path, tiny):
-    from leakage.model import save_model
+    from leakage.engine.model import save_model
 
     save_model(*tiny, tmp_path / "ckpt")
     assert main(["decode", "--checkpoint", str(tmp_path / "ckpt"), "--prompt", "sum <think>",
@@ -47,7 +47,7 @@ def test_decode_generates_from_a_checkpoint(capsys, tmp_path, tiny):
 def test_consistency_reports_both_checks(capsys, tmp_path, tiny):
     import json
 
-    from leakage.model import save_model
+    from leakage.engine.model import save_model
 
     save_model(*tiny, tmp_path / "ckpt")
     out = tmp_path / "consistency.json"
@@ -72,7 +72,7 @@ def test_causal_commands_write_csv_config_and_figure(capsys, tmp_path, tiny, com
 
     import pandas as pd
 
-    from leakage.model import save_model
+    from leakage.engine.model import save_model
 
     save_model(*tiny, tmp_path / "ckpt")
     out = tmp_path / f"{command}.csv"

@@ -7,18 +7,18 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from leakage.capture import capture
+from leakage.engine.capture import capture
 from leakage.config import EvictionConfig, ModelPreset
-from leakage.decode import generate, spans_of, teacher_force
-from leakage.positions import BLOCK_PARTS
-from leakage.schedule import eviction_schedule
-from leakage.spans import parse_spans
-from leakage.kv import simulate_kv, uniform_trace_peaks
-from leakage.mask import additive_mask, memento_mask
-from leakage.model import build_model
-from leakage.train import MementoCollator
-from leakage.spans import MarkerIds
-from leakage.trace import MementoTrace
+from leakage.engine.decode import generate, spans_of, teacher_force
+from leakage.memento.positions import BLOCK_PARTS
+from leakage.memento.schedule import eviction_schedule
+from leakage.memento.spans import parse_spans
+from leakage.memento.kv import simulate_kv, uniform_trace_peaks
+from leakage.memento.mask import additive_mask, memento_mask
+from leakage.engine.model import build_model
+from leakage.training.train import MementoCollator
+from leakage.memento.spans import MarkerIds
+from leakage.memento.trace import MementoTrace
 from tests.strategies import memento_streams
 
 CONFIGS = [EvictionConfig(keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart, summary_end_sees_block=late)
@@ -53,7 +53,7 @@ def favour(model, token_id: int, then: int | None = None):
 
 
 def dense_logits(model, ids, config):
-    mask = memento_mask(ids, TOKENIZER, config=config)
+    mask = memento_mask(ids, TOKENIZER, eviction=config)
     with torch.no_grad():
         return model(torch.tensor([ids]), attention_mask=additive_mask(mask)).logits[0]
 
@@ -69,7 +69,7 @@ def test_teacher_forced_eviction_equals_dense_masked_forward(rows, config, for_a
     for b, ids in enumerate(rows):
         dense = dense_logits(model, ids, config)
         assert (result.logits[b, :len(ids)] - dense).abs().max() < 1e-4
-        mask = memento_mask(ids, TOKENIZER, config=config)
+        mask = memento_mask(ids, TOKENIZER, eviction=config)
         attended = result.sequences[b].attended
         for q in range(len(ids)):  # the cache held exactly what the mask lets query q see
             assert attended[q] == mask[q].nonzero().flatten().tolist(), f"row {b}, query {q}"
@@ -219,7 +219,7 @@ def test_peak_kv_ratio_on_ten_block_trace_matches_analytic_value():
 
 
 def test_bridge_and_hf_decode_identically_and_hooks_fire():
-    from leakage.views import to_bridge
+    from leakage.engine.views import to_bridge
 
     model, _ = build_model("tiny", seed=11)  # its own copy: to_bridge swaps the attention modules in place
     prompt = MementoTrace("sum", [("1 2", "3")], "3").to_ids(TOKENIZER)[:4]
@@ -240,7 +240,7 @@ def test_bridge_and_hf_decode_identically_and_hooks_fire():
 
 
 def test_nnsight_intervention_runs_every_step():
-    from leakage.views import to_nnsight
+    from leakage.engine.views import to_nnsight
 
     model, _ = MODELS["tiny"]
     view = to_nnsight(model)

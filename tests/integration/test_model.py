@@ -4,8 +4,8 @@ import torch
 from transformers import Qwen3ForCausalLM
 
 from leakage.config import INIT_WORDS, MEMENTO_TOKENS
-from leakage.model import add_memento_tokens, build_tokenizer, count_parameters, load_model, qwen3_config, save_model
-from leakage.spans import MarkerIds
+from leakage.engine.model import add_memento_tokens, build_tokenizer, count_parameters, load_model, qwen3_config, save_model
+from leakage.memento.spans import MarkerIds
 
 
 def test_tiny_preset_is_the_papers_toy_scale(tiny):

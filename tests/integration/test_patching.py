@@ -4,17 +4,20 @@ import numpy as np
 import pytest
 import torch
 
-from leakage.causal import (CausalExperiment, ablation_sweep, bits_per_passcode, capacity_rows, erasure_curve,
-                            leace_eraser, passcode_pairs, passcode_run, patching_maps, random_eraser)
+from leakage.analysis.ablation import ablation_sweep
+from leakage.analysis.capacity import bits_per_passcode, capacity_rows
+from leakage.analysis.erasure import erasure_curve, leace_eraser, random_eraser
+from leakage.analysis.patch_maps import patching_maps
+from leakage.analysis.twins import CausalExperiment, passcode_pairs, passcode_run
 from leakage.config import EvictionConfig
-from leakage.decode import teacher_force
-from leakage.mask import additive_mask
-from leakage.model import build_model
-from leakage.patching import (all_setter, clean_and_corrupted, generic_kv_patch, kv_patch_layer_head,
+from leakage.engine.decode import teacher_force
+from leakage.memento.mask import additive_mask
+from leakage.engine.model import build_model
+from leakage.analysis.patching import (all_setter, clean_and_corrupted, generic_kv_patch, kv_patch_layer_head,
                               logit_difference, patched_logits)
-from leakage.probe import ProbeConfig, fit_probe
-from leakage.tasks import TaskConfig
-from leakage.views import to_bridge, to_nnsight
+from leakage.analysis.probe import ProbeConfig, fit_probe
+from leakage.training.tasks import TaskConfig
+from leakage.engine.views import to_bridge, to_nnsight
 
 TASK = TaskConfig(task="passcode", n_blocks=3, passcode_block=0, digits_per_block=3)
 CONFIG = EvictionConfig()
@@ -144,8 +147,7 @@ def test_leace_removes_a_planted_label_and_a_random_subspace_of_its_rank_does_no
     config = ProbeConfig(kind="linear", n_bootstrap=50)
 
     def probe(features, rows=held):
-        return fit_probe(features[rows].float(), y[rows][:, None], np.arange(3000), kind="linear",
-                         config=config).accuracy
+        return fit_probe(features[rows].float(), y[rows][:, None], np.arange(3000), config=config).accuracy
 
     raw = probe(x)
     assert raw > 0.5

@@ -15,7 +15,7 @@ from leakage.pipeline.segment import SegmentConfig, segment
 from leakage.pipeline.sentences import split_sentences
 from leakage.pipeline.stats import kv_compare
 from leakage.pipeline.tokenizer import corpus_texts, span_token_counts, token_counter, train_stand_in_tokenizer
-from leakage.trace import read_openmementos
+from leakage.memento.trace import read_openmementos
 from tests.pipeline_data import synthetic_record, write_jsonl
 
 FIXTURE_TRACE = "openthoughts_example_trace.jsonl"

@@ -18,7 +18,7 @@ from leakage.cli import main
 from leakage.pipeline.compress import JudgeLoopConfig, LLMCompressor
 from leakage.pipeline.llm import ChatClient, LLMConfig, LLMError
 from leakage.pipeline.scoring import LLMScorer, LLMScorerConfig, windows_of
-from leakage.trace import read_openmementos
+from leakage.memento.trace import read_openmementos
 from tests.pipeline_data import synthetic_record, write_jsonl
 
 

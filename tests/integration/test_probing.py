@@ -9,9 +9,9 @@ import torch
 
 from leakage.cli import main
 from leakage.config import EvictionConfig
-from leakage.decode import teacher_force
-from leakage.probe_data import capture_dataset, synthetic_traces
-from leakage.tasks import TaskConfig
+from leakage.engine.decode import teacher_force
+from leakage.analysis.probe_data import capture_dataset, synthetic_traces
+from leakage.training.tasks import TaskConfig
 
 TASK = TaskConfig(task="digits", n_blocks=4, passcode_block=1)
 
@@ -41,7 +41,7 @@ def test_dataset_features_are_what_the_decoder_cache_holds(tiny):
 
 def test_probe_cli_on_the_synthetic_task(tmp_path, capsys, tiny):
     """Every condition, the keep sweep and the checkpoint sweep of a (stand-in) `leakage train` run folder."""
-    from leakage.model import save_model
+    from leakage.engine.model import save_model
 
     run = tmp_path / "run"
     for folder in ("final", "stage1/checkpoint-3", "stage2/checkpoint-3", "stage2/checkpoint-6"):
@@ -79,7 +79,7 @@ def test_probe_cli_on_another_architecture_and_real_traces(tmp_path, fixtures_di
     fixture traces with an injected passcode."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from leakage.model import add_memento_tokens
+    from leakage.engine.model import add_memento_tokens
     from leakage.pipeline.tokenizer import corpus_texts, train_stand_in_tokenizer
 
     files = [fixtures_dir / f"memento_example_{name}.json" for name in ("response", "code", "science")]

@@ -10,9 +10,9 @@ import torch
 
 from leakage.cli import main
 from leakage.config import EvictionConfig
-from leakage.decode import teacher_force
-from leakage.tasks import TaskConfig
-from leakage.trace import MementoTrace
+from leakage.engine.decode import teacher_force
+from leakage.training.tasks import TaskConfig
+from leakage.memento.trace import MementoTrace
 from tests.pipeline_data import synthetic_record, write_jsonl
 
 RESPONSE = ("<|block_start|> 1 2 3 = 6 <|block_end|> <|summary_start|> 6 <|summary_end|> </think> 6")
@@ -59,7 +59,7 @@ def test_train_and_task_bad_inputs(capsys, tmp_path):
 
 
 def test_checkpoint_problems(capsys, tmp_path, tiny):
-    from leakage.model import load_model, save_model
+    from leakage.engine.model import load_model, save_model
 
     save_model(*tiny, tmp_path / "ckpt")
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -74,7 +74,7 @@ def test_other_architectures_decode_and_evaluate_with_a_warning(capsys, tmp_path
     it is flagged as such instead of silently scoring an untrained model."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from leakage.model import build_tokenizer
+    from leakage.engine.model import build_tokenizer
 
     tokenizer = build_tokenizer()
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=512, n_embd=32, n_layer=2, n_head=2))
@@ -106,7 +106,7 @@ def test_padded_tensors_and_bad_ids_are_not_fed_silently(tiny):
         teacher_force(model, tokenizer, [ids, ids], prompt_len=[2])
     with pytest.raises(ValueError, match=r"row 0, position 3: token id 99999 is outside"):
         teacher_force(model, tokenizer, [ids[:3] + [99999] + ids[4:]], EvictionConfig())
-    from leakage.capture import capture
+    from leakage.engine.capture import capture
 
     with pytest.raises(ValueError, match=r"row 1, position 0: token id -1"):
         capture(model, tokenizer, [ids, [-1, *ids[1:]]], EvictionConfig(), ["memento@0"])

@@ -6,9 +6,9 @@ import pytest
 
 from leakage.cli import main
 from leakage.config import EvictionConfig
-from leakage.evaluate import free_run
-from leakage.restart import RestartAblation, rerun, restart_ablation, scored_units
-from leakage.tasks import TaskConfig, make_example
+from leakage.training.evaluate import free_run
+from leakage.analysis.restart import RestartAblation, rerun, restart_ablation
+from leakage.training.tasks import TaskConfig, make_example, unit
 
 TASK = TaskConfig(task="digits", n_blocks=3)
 
@@ -17,14 +17,14 @@ def test_restart_run_keeps_the_normal_runs_mementos(tiny):
     model, tokenizer = tiny
     examples = [make_example(TASK, tokenizer, 1, i, "val") for i in range(4)]
     normal = free_run(model, tokenizer, examples, EvictionConfig())
-    restarted = rerun(model, tokenizer, examples, normal, "digits", EvictionConfig(restart=True))
+    restarted = rerun(model, tokenizer, examples, normal, "sums", EvictionConfig(restart=True))
     for example, ours, theirs in zip(examples, normal, restarted):
-        scored = {p for unit in scored_units(example, "digits") for p in unit}
+        scored = {p for positions in unit("sums").positions(example) for p in positions}
         assert len(ours) == len(theirs) == len(example.ids)
         assert all(ours[p] == theirs[p] for p in range(len(ours)) if p not in scored)  # mementos included
         for memento in example.memento_positions:
             assert [theirs[p] for p in memento] == [ours[p] for p in memento]
-    result = restart_ablation(model, tokenizer, examples, "digits", batch_size=3)
+    result = restart_ablation(model, tokenizer, examples, "sums", batch_size=3)
     assert len(result.example) == 4 * 3 and sum(result.table.values()) == 12
     assert result.memento.total == result.restart.total == 12
 
@@ -32,17 +32,17 @@ def test_restart_run_keeps_the_normal_runs_mementos(tiny):
 def test_mcnemar_and_the_paired_table():
     normal = np.array([True] * 10 + [False] * 5 + [True] * 3)
     restart = np.array([False] * 10 + [False] * 5 + [True] * 3)
-    result = RestartAblation("digits", normal, restart, np.arange(18) // 3, EvictionConfig())
+    result = RestartAblation("sums", normal, restart, np.arange(18) // 3)
     assert result.table == {"both": 3, "memento_only": 10, "restart_only": 0, "neither": 5}
     assert result.mcnemar_p == pytest.approx(2 / 2 ** 10)  # all 10 discordant pairs one way
-    same = RestartAblation("digits", normal, normal, np.arange(18) // 3, EvictionConfig())
+    same = RestartAblation("sums", normal, normal, np.arange(18) // 3)
     assert same.mcnemar_p == 1.0 and same.difference_ci() == (0.0, 0.0)
     low, high = result.difference_ci()
     assert 0 < low <= 10 / 18 <= high
 
 
 def test_restart_cli_writes_the_report_and_the_paired_units(tmp_path, tiny):
-    from leakage.model import save_model
+    from leakage.engine.model import save_model
 
     save_model(*tiny, tmp_path / "ckpt")
     out = tmp_path / "restart.json"

@@ -15,11 +15,11 @@ import torch
 from transformers import TrainerCallback
 
 from leakage.cli import main
-from leakage.config import EvictionConfig, RLConfig
-from leakage.rl import build_trainer, logprob_agreement, rl_train, sft_source
-from leakage.rollout import Rollout, majority_accuracy, sample_rollouts
-from leakage.tasks import make_example
-from leakage.train import RunConfig, TrainingInterrupted, train, train_preset
+from leakage.config import EvictionConfig
+from leakage.training.rl import RLConfig, build_trainer, logprob_agreement, rl_train, sft_source
+from leakage.training.rollout import Rollout, majority_accuracy, sample_rollouts
+from leakage.training.tasks import make_example
+from leakage.training.train import RunConfig, TrainingInterrupted, train, train_preset
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 SMOKE = RLConfig(task="digits", preset="smoke")
@@ -30,7 +30,7 @@ def sft_run(tmp_path_factory) -> Path:
     """A smoke-trained 3-block digits model (its answers are partly right, so rewards vary)."""
     torch.set_num_threads(2)
     run_dir = tmp_path_factory.mktemp("sft") / "digits-smoke"
-    from leakage.tasks import TaskConfig
+    from leakage.training.tasks import TaskConfig
 
     train(RunConfig(task=TaskConfig(task="digits", n_blocks=3, short_block_rate=0.8), preset=train_preset("smoke")),
           run_dir)
@@ -194,7 +194,7 @@ def _rollout(example, answer: list[int]) -> Rollout:
 
 def test_rewards_and_majority_vote(tiny):
     _, tokenizer = tiny
-    from leakage.tasks import TaskConfig
+    from leakage.training.tasks import TaskConfig
 
     example = make_example(TaskConfig(task="digits", n_blocks=2), tokenizer, 0, 0)
     truth = [example.ids[p] for p in example.answer_positions]

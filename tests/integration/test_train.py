@@ -14,11 +14,12 @@ import torch
 from transformers import TrainerCallback
 
 from leakage.config import EvictionConfig
-from leakage.evaluate import answer_accuracy, block_accuracy_teacher_forced, wilson_interval, free_run
-from leakage.mask import additive_mask, memento_mask
-from leakage.model import load_model
-from leakage.tasks import TaskConfig, make_example
-from leakage.train import MementoCollator, RunConfig, TaskDataset, TrainingInterrupted, train, train_preset
+from leakage.stats import wilson_interval
+from leakage.training.evaluate import accuracy, free_run
+from leakage.memento.mask import additive_mask, memento_mask
+from leakage.engine.model import load_model
+from leakage.training.tasks import TaskConfig, make_example
+from leakage.training.train import MementoCollator, RunConfig, TaskDataset, TrainingInterrupted, train, train_preset
 
 SMOKE = train_preset("smoke")
 TASK = TaskConfig(n_blocks=3)  # short sequences keep these tests fast
@@ -34,7 +35,7 @@ def test_collator_masks_are_the_foundation_masks(tiny):
         allowed = batch["attention_mask"][:, 0] == 0
         for b, f in enumerate(features):
             n = len(f["input_ids"])
-            expected = memento_mask(f["input_ids"], tokenizer, config=eviction)
+            expected = memento_mask(f["input_ids"], tokenizer, eviction=eviction)
             assert torch.equal(allowed[b, :n, :n], expected)
             assert not allowed[b, :n, n:].any()
             labels = batch["labels"][b]
@@ -139,13 +140,13 @@ def test_teacher_forced_block_accuracy_agrees_with_dense_forward(tiny):
     config = EvictionConfig()
     correct = total = 0
     for e in examples:
-        mask = memento_mask(e.ids, tokenizer, config=config)
+        mask = memento_mask(e.ids, tokenizer, eviction=config)
         with torch.no_grad():
             pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
         for positions in e.sum_positions:
             total += 1
             correct += all(int(pred[p - 1]) == e.ids[p] for p in positions)
-    acc = block_accuracy_teacher_forced(model, tokenizer, examples, config)
+    acc = accuracy(model, tokenizer, examples, config, "sums")
     assert (acc.correct, acc.total) == (correct, total)
 
 
@@ -155,11 +156,11 @@ def test_answer_accuracy_scores_every_answer_digit_like_a_dense_forward(tiny):
     config = EvictionConfig()
     correct = 0
     for e in examples:
-        mask = memento_mask(e.ids, tokenizer, config=config)
+        mask = memento_mask(e.ids, tokenizer, eviction=config)
         with torch.no_grad():
             pred = model(torch.tensor([e.ids]), attention_mask=additive_mask(mask)).logits[0].argmax(-1)
         correct += sum(int(pred[p - 1]) == e.ids[p] for p in e.answer_positions)
-    acc = answer_accuracy(model, tokenizer, examples, config)
+    acc = accuracy(model, tokenizer, examples, config, "answer_digits")
     assert (acc.correct, acc.total) == (correct, 15)
 
 

@@ -2,13 +2,13 @@
 
 import torch
 
-from leakage.capture import capture
+from leakage.engine.capture import capture
 from leakage.config import EvictionConfig
-from leakage.hooks import key_hook, value_hook
-from leakage.mask import additive_mask, memento_mask
-from leakage.model import build_model
-from leakage.trace import MementoTrace
-from leakage.views import to_bridge, to_nnsight
+from leakage.engine.hooks import key_hook, value_hook
+from leakage.memento.mask import additive_mask, memento_mask
+from leakage.engine.model import build_model
+from leakage.memento.trace import MementoTrace
+from leakage.engine.views import to_bridge, to_nnsight
 
 TRACE = MementoTrace("what is the sum ?", [("1 2 3 = 6", "6"), ("4 5 = 1 5", "1 5"), ("7 = 2 2", "2 2")], "2 2")
 SITES = {"memento": "memento@1", "block_end": "block_end@0", "summary_end": "summary_end@1", "answer": "answer"}
@@ -78,7 +78,7 @@ def test_capture_agrees_across_views_and_with_bridge_hooks():
                     (kind, site)
     # the bridge's own KV hooks show the same numbers as the cache capture reads
     ids = torch.tensor(rows[:1])
-    mask = additive_mask(memento_mask(ids[0], tokenizer, config=config))
+    mask = additive_mask(memento_mask(ids[0], tokenizer, eviction=config))
     names = [key_hook(i) for i in range(4)] + [value_hook(i) for i in range(4)]
     with torch.no_grad():
         _, acts = bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in names)

@@ -6,7 +6,7 @@ import pytest
 
 from leakage.config import EvictionConfig
 from leakage.flags import add_flags, from_flags
-from leakage.tasks import TaskConfig
+from leakage.training.tasks import TaskConfig
 
 
 def parse(cls, argv, **kwargs):
@@ -46,3 +46,31 @@ def test_bad_values_are_refused():
     _, args = parse(EvictionConfig, ["--keep-last-n-blocks", "-3"])
     with pytest.raises(ValueError, match="keep_last_n_blocks"):
         from_flags(EvictionConfig, args)
+
+
+def test_nested_specs_take_their_parts_flags_and_the_enclosing_default():
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Spec:
+        """A runner's spec.
+
+        checkpoint: the model.
+        runs: run folders.
+        n: examples.
+        """
+
+        checkpoint: str
+        task: TaskConfig = TaskConfig(task="passcode", n_blocks=4)
+        eviction: EvictionConfig = EvictionConfig()
+        n: int = 8
+
+    parser, args = parse(Spec, ["ckpt", "--blocks", "3", "--mask-delimiters"], rename={"task.n_blocks": "blocks"},
+                         skip=("task.short_block_rate", "eviction.restart"))
+    spec = from_flags(Spec, args)
+    assert spec == Spec("ckpt", TaskConfig(task="passcode", n_blocks=3), EvictionConfig(mask_delimiters=True))
+    assert "--restart" not in parser.format_help() and "the model" in parser.format_help()
+    _, args = parse(Spec, ["--checkpoint", "c"], options=("checkpoint",))
+    assert from_flags(Spec, args) == Spec("c")  # the enclosing default: passcode, 4 blocks
+    with pytest.raises(argparse.ArgumentError):
+        parse(Spec, ["c", "--n", "2"], skip=("task.short_block_rate",), rename={"task.passcode_block": "n"})

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leakage.config import EvictionConfig
-from leakage.mask import additive_mask, mask_from_spans, memento_mask
-from leakage.spans import parse_spans
+from leakage.memento.mask import additive_mask, mask_from_spans, memento_mask
+from leakage.memento.spans import parse_spans
 from tests.engine_replica import replay
 from tests.strategies import MARKERS, memento_streams
 
@@ -30,7 +30,7 @@ def engine_mask(ids, keep, mask_delimiters, restart, for_answer=False):
 
 def legacy_reference_mask(ids, keep, mask_delimiters, restart, for_answer=False):
     """`summary_end_sees_block=True`, written from its stated semantics: loop over (query, key) pairs,
-    scanning raw ids; shares no code with leakage.spans / leakage.mask."""
+    scanning raw ids; shares no code with leakage.memento.spans / leakage.memento.mask."""
     m = MARKERS
     T = len(ids)
     # scan the response for each block's delimiter positions
@@ -84,7 +84,7 @@ def test_mask_matches_the_engine_replayed_token_by_token(ids, spec, for_answer):
     keep, delim, restart = spec
     config = EvictionConfig(keep_last_n_blocks=keep, mask_delimiters=delim, restart=restart,
                             keep_last_block_for_answer=for_answer)
-    assert torch.equal(memento_mask(ids, MARKERS, config=config), engine_mask(ids, keep, delim, restart, for_answer))
+    assert torch.equal(memento_mask(ids, MARKERS, eviction=config), engine_mask(ids, keep, delim, restart, for_answer))
 
 
 @settings(max_examples=200, deadline=None)
@@ -172,7 +172,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="keep_last_n_blocks"):
         mask_from_spans(parse_spans([1], MARKERS), EvictionConfig(keep_last_n_blocks=-2))
     with pytest.raises(ValueError, match="not both"):
-        memento_mask([1], MARKERS, keep_last_n_blocks=1, config=EvictionConfig())
+        memento_mask([1], MARKERS, keep_last_n_blocks=1, eviction=EvictionConfig())
     with pytest.raises(ValueError, match="prompt_len has 1 entries for a batch of 2"):
         memento_mask(torch.ones(2, 3, dtype=torch.long), MARKERS, prompt_len=[1])
     with pytest.raises(ValueError, match="1-D"):

@@ -2,10 +2,10 @@
 
 import pytest
 
-from leakage.positions import BLOCK_PARTS, Site, part_labels, trace_positions
-from leakage.spans import parse_spans
-from leakage.tasks import TaskConfig, make_example
-from leakage.trace import MementoTrace, Named
+from leakage.memento.positions import BLOCK_PARTS, Site, part_labels, trace_positions
+from leakage.memento.spans import parse_spans
+from leakage.training.tasks import TaskConfig, make_example
+from leakage.memento.trace import MementoTrace, Named
 from tests.strategies import MARKERS
 
 M = MARKERS
@@ -66,6 +66,6 @@ def test_task_parts_are_checked_against_the_ids(tokenizer, task):
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from leakage.model import build_model
+    from leakage.engine.model import build_model
 
     return build_model("tiny")[1]

@@ -2,11 +2,13 @@
 split a passcode across train and validation, and the controls (control task, shuffled labels, MDL)
 tell reading from memorising."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
-from leakage.probe import (ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels,
+from leakage.analysis.probe import (ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels,
                            split_groups, whitening)
 
 N, D = 3000, 5
@@ -31,16 +33,16 @@ def planted(labels, noise=0.2, extra=0, seed=0):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_planted_labels_are_read_and_noise_is_chance(kind):
     labels, groups = passcodes()
-    found = fit_probe(planted(labels), labels, groups, kind=kind, config=FAST)  # Bayes-optimal: 99.8%
+    found = fit_probe(planted(labels), labels, groups, config=replace(FAST, kind=kind))  # Bayes-optimal: 99.8%
     assert found.accuracy > 0.95 and found.ci95[0] > 0.93 and len(found.per_digit) == D
-    noise = fit_probe(torch.randn(N, 64, generator=torch.Generator().manual_seed(1)), labels, groups, kind=kind,
-                      config=FAST)
+    noise = fit_probe(torch.randn(N, 64, generator=torch.Generator().manual_seed(1)), labels, groups,
+                      config=replace(FAST, kind=kind))
     assert noise.ci95[0] <= 0.1 <= noise.ci95[1] and noise.chance == 0.1
 
 
 def test_no_passcode_on_both_sides_of_any_split():
     labels, groups = passcodes()
-    result = fit_probe(planted(labels), labels, groups, kind="linear", config=FAST)
+    result = fit_probe(planted(labels), labels, groups, config=replace(FAST, kind="linear"))
     val = set(groups[result.val_rows].tolist())
     rest = np.setdiff1d(np.arange(N), result.val_rows)
     assert not val & set(groups[rest].tolist())
@@ -54,9 +56,9 @@ def test_no_passcode_on_both_sides_of_any_split():
 def test_control_task_and_shuffled_labels_are_at_chance_where_the_task_is_not():
     labels, groups = passcodes()
     x = planted(labels)
-    task = fit_probe(x, labels, groups, kind="mlp", config=FAST)
-    control = fit_probe(x, control_labels(groups, D, seed=3), groups, kind="mlp", config=FAST)
-    shuffled = fit_probe(x, shuffled_labels(labels, groups, seed=3), groups, kind="mlp", config=FAST)
+    task = fit_probe(x, labels, groups, config=replace(FAST, kind="mlp"))
+    control = fit_probe(x, control_labels(groups, D, seed=3), groups, config=replace(FAST, kind="mlp"))
+    shuffled = fit_probe(x, shuffled_labels(labels, groups, seed=3), groups, config=replace(FAST, kind="mlp"))
     # ~600 validation traces x 5 digits: chance +- 0.02 is more than 3 standard errors
     assert abs(control.accuracy - 0.1) < 0.02 and task.accuracy - control.accuracy > 0.8
     assert abs(shuffled.accuracy - 0.1) < 0.02
@@ -66,8 +68,8 @@ def test_control_task_and_shuffled_labels_are_at_chance_where_the_task_is_not():
 @pytest.mark.parametrize("kind", ["linear"])  # the MLP on 2,100 rows: see the whitening test below
 def test_uninformative_features_cost_the_probe_little(kind):
     labels, groups = passcodes()
-    alone = fit_probe(planted(labels, noise=1.0), labels, groups, kind=kind, config=FAST)  # a weak signal ...
-    diluted = fit_probe(planted(labels, noise=1.0, extra=50), labels, groups, kind=kind, config=FAST)  # ... + noise
+    alone = fit_probe(planted(labels, noise=1.0), labels, groups, config=replace(FAST, kind=kind))  # a weak signal ...
+    diluted = fit_probe(planted(labels, noise=1.0, extra=50), labels, groups, config=replace(FAST, kind=kind))  # ... + noise
     assert 0.2 < alone.accuracy < 0.95  # the Bayes-optimal accuracy of this signal is about 0.3
     assert diluted.ci95[1] >= alone.accuracy - 0.03
 
@@ -87,13 +89,13 @@ def kv_like(labels, seed=0, scale=1e-3):
 def test_whitening_finds_a_low_variance_signal_that_standardisation_drowns(kind):
     labels, groups = passcodes()
     x = kv_like(labels)
-    whitened = fit_probe(x, labels, groups, kind=kind, config=FAST)
-    standardised = fit_probe(x, labels, groups, kind=kind, config=ProbeConfig(n_bootstrap=400, whiten=False))
+    whitened = fit_probe(x, labels, groups, config=replace(FAST, kind=kind))
+    standardised = fit_probe(x, labels, groups, config=ProbeConfig(kind=kind, n_bootstrap=400, whiten=False))
     # Bayes-optimal on the leak: about 0.97; 2,100 training rows for 58 directions cost some of it
     assert whitened.accuracy > 0.8 and standardised.accuracy < whitened.accuracy - 0.3
     # more features (a second, uninformative copy of the text directions) cannot hide it
     more = torch.cat([x, kv_like(labels, seed=1, scale=0.0)], 1)
-    assert fit_probe(more, labels, groups, kind=kind, config=FAST).ci95[1] >= whitened.accuracy - 0.03
+    assert fit_probe(more, labels, groups, config=replace(FAST, kind=kind)).ci95[1] >= whitened.accuracy - 0.03
 
 
 def test_whitening_gives_identity_covariance_and_drops_rounding_noise():
@@ -105,15 +107,15 @@ def test_whitening_gives_identity_covariance_and_drops_rounding_noise():
     assert torch.allclose(torch.cov(z.T), torch.eye(6), atol=1e-3)
     assert whitening(torch.ones(10, 3), 1e-6)[1].shape == (3, 0)  # constant features: nothing to project on
     labels, groups = passcodes()
-    constant = fit_probe(torch.ones(N, 8), labels, groups, kind="mlp", config=FAST)
+    constant = fit_probe(torch.ones(N, 8), labels, groups, config=replace(FAST, kind="mlp"))
     assert (constant.predictions == constant.predictions[0]).all() and constant.accuracy < 0.15  # one guess per digit
 
 
 def test_mdl_separates_extractable_information_from_noise():
     labels, groups = passcodes()
-    easy = mdl_codelength(planted(labels), labels, groups, kind="linear", config=FAST)
+    easy = mdl_codelength(planted(labels), labels, groups, config=replace(FAST, kind="linear"))
     noise = mdl_codelength(torch.randn(N, 50, generator=torch.Generator().manual_seed(2)), labels, groups,
-                           kind="linear", config=FAST)
+                           config=replace(FAST, kind="linear"))
     assert easy.compression > 3 and 0.8 < noise.compression <= 1.0
     assert easy.uniform_bits == pytest.approx(noise.uniform_bits)
 

@@ -4,10 +4,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leakage.config import EvictionConfig
-from leakage.kv import simulate_kv
-from leakage.mask import memento_mask
-from leakage.schedule import Eviction, Recompute, eviction_schedule
-from leakage.spans import parse_spans
+from leakage.memento.kv import simulate_kv
+from leakage.memento.mask import memento_mask
+from leakage.memento.schedule import Eviction, Recompute, eviction_schedule
+from leakage.memento.spans import parse_spans
 from tests.engine_replica import replay
 from tests.strategies import MARKERS, memento_streams
 

@@ -3,7 +3,7 @@
 import pytest
 from hypothesis import given, settings
 
-from leakage.spans import MalformedTraceError, SpanKind, parse_spans
+from leakage.memento.spans import MalformedTraceError, SpanKind, parse_spans
 from tests.strategies import MARKERS, memento_streams
 
 m = MARKERS

@@ -2,13 +2,13 @@
 
 import pytest
 
-from leakage.model import build_tokenizer
-from leakage.tasks import TaskConfig, make_example, passcode_split, recall_text_only_accuracy
+from leakage.engine.model import build_tokenizer
+from leakage.training.tasks import TaskConfig, make_example, passcode_split, recall_text_only_accuracy
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from leakage.model import build_model
+    from leakage.engine.model import build_model
 
     return build_model("tiny")[1]
 

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leakage.model import SYNTHETIC_WORDS, build_tokenizer, add_memento_tokens
-from leakage.spans import MalformedTraceError
-from leakage.trace import MementoTrace, OpenMementosRecord, read_openmementos, write_openmementos
+from leakage.engine.model import SYNTHETIC_WORDS, build_tokenizer, add_memento_tokens
+from leakage.memento.spans import MalformedTraceError
+from leakage.memento.trace import MementoTrace, OpenMementosRecord, read_openmementos, write_openmementos
 
 
 @pytest.fixture(scope="module")

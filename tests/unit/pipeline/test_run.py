@@ -11,7 +11,7 @@ from leakage.pipeline.scoring import RuleScorer
 from leakage.pipeline.segment import SegmentConfig
 from leakage.pipeline.tokenizer import (load_tokenizer, span_token_counts, token_counter, tokenizer_fingerprint,
                                         train_stand_in_tokenizer)
-from leakage.trace import OpenMementosRecord
+from leakage.memento.trace import OpenMementosRecord
 from tests.pipeline_data import synthetic_cot, synthetic_record, write_jsonl
 
 

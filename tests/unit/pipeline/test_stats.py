@@ -2,10 +2,10 @@
 
 import pytest
 
-from leakage.model import build_tokenizer
+from leakage.engine.model import build_tokenizer
 from leakage.pipeline.stats import block_frame, kv_compare, trace_stats
 from leakage.pipeline.tokenizer import ensure_memento_markers
-from leakage.trace import OpenMementosRecord
+from leakage.memento.trace import OpenMementosRecord
 
 
 @pytest.fixture(scope="module")

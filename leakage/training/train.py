@@ -1,0 +1,434 @@
+"""Two-stage Memento SFT on `transformers.Trainer`.
+
+Stage 1 trains with full causal attention (learn the format); stage 2 starts from stage 1's best
+checkpoint (lowest validation loss) and trains with the memento mask (learn to live without evicted
+blocks). The only Memento-specific piece is `MementoCollator`, which builds each batch's mask with
+`leakage.memento.mask.unroll` (the memento mask; under restart, the unrolled recomputation) — so the same command scales with `torchrun`, accelerate or DeepSpeed.
+
+Run folder::
+
+    runs/NAME/config.json            the run's full configuration
+    runs/NAME/metrics.jsonl          every logged metric, one JSON object per line, with its stage
+    runs/NAME/stage{1,2}/checkpoint-N/   HF checkpoints (model + tokenizer + trainer state)
+    runs/NAME/stage{1,2}/done.json   best checkpoint and wall time of a finished stage; resumed runs skip it
+    runs/NAME/stage{1,2}/rank{r}.json    per-rank weight fingerprint at the end of the stage
+    runs/NAME/final/                 the model to use: stage 2's best checkpoint, HF format
+
+`TrainedRun` is the one reader of that layout (config, final model, metrics, stage records, saved
+checkpoints); `ensure_trained` returns a run's final model, training it when it is not there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from leakage.config import EVICTION_PRESETS, EvictionConfig
+from leakage.training.evaluate import task_accuracy
+from leakage.io import atomic_write_json
+from leakage.memento.mask import additive_mask, unroll
+from leakage.memento.spans import parse_spans
+from leakage.engine.model import build_model, load_model, save_model
+from leakage.training.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig, make_example
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    """How long and how hard to train; steps are optimizer steps per stage."""
+
+    stage1_steps: int
+    stage2_steps: int
+    batch_size: int
+    learning_rate: float
+    train_examples: int
+    eval_every: int  # validation loss + task accuracy
+    save_every: int  # checkpoint interval (a multiple of eval_every)
+    n_val: int  # validation examples for the loss
+    n_eval: int  # examples for task accuracy during training
+    model_preset: str = "tiny"
+
+    def __post_init__(self):
+        for name in ("stage1_steps", "stage2_steps", "batch_size", "train_examples", "eval_every", "save_every",
+                     "n_val"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if self.save_every % self.eval_every:
+            raise ValueError(f"save_every ({self.save_every}) must be a multiple of eval_every ({self.eval_every})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+
+TRAIN_PRESETS: dict[str, TrainPreset] = {
+    # seconds: for tests
+    "smoke": TrainPreset(stage1_steps=6, stage2_steps=6, batch_size=4, learning_rate=3e-3, train_examples=64,
+                         eval_every=3, save_every=3, n_val=8, n_eval=4),
+    # the default main job: a few minutes per stage on 2 CPU cores
+    "fast": TrainPreset(stage1_steps=300, stage2_steps=1500, batch_size=32, learning_rate=3e-3,
+                        train_examples=48_000, eval_every=150, save_every=150, n_val=256, n_eval=64),
+    # the paper's toy regime: 50K training sequences, several epochs per stage
+    "paper": TrainPreset(stage1_steps=4000, stage2_steps=8000, batch_size=64, learning_rate=2e-3,
+                         train_examples=50_000, eval_every=500, save_every=500, n_val=1000, n_eval=256),
+}
+
+
+def train_preset(name: str) -> TrainPreset:
+    try:
+        return TRAIN_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run is its config plus its seed."""
+
+    task: TaskConfig
+    preset: TrainPreset
+    stages: tuple[int, ...] = (1, 2)
+    eviction: EvictionConfig = EvictionConfig()  # stage 2's memento mask, and the decoding evaluated
+    seed: int = 0
+
+    def stage_eviction(self, stage: int) -> EvictionConfig:
+        if stage == 1:
+            return EVICTION_PRESETS["vanilla"]
+        return self.eviction
+
+    def stage_steps(self, stage: int) -> int:
+        return self.preset.stage1_steps if stage == 1 else self.preset.stage2_steps
+
+    def to_dict(self) -> dict:
+        """The config as its JSON form (tuples as lists), as `config.json` holds it."""
+        fields = {"task": asdict(self.task), "preset": asdict(self.preset), "stages": list(self.stages),
+                  "eviction": asdict(self.eviction), "seed": self.seed}
+        return json.loads(json.dumps(fields))
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> "RunConfig":
+        """The config back from its JSON form (`to_dict`)."""
+        task = dict(fields["task"], passcode_blocks=tuple(fields["task"].get("passcode_blocks", ())))
+        return cls(task=TaskConfig(**task), preset=TrainPreset(**fields["preset"]), stages=tuple(fields["stages"]),
+                   eviction=EvictionConfig(**fields["eviction"]), seed=fields["seed"])
+
+
+class TaskDataset(Dataset):
+    """`size` examples of a task split, generated on the fly (example i is a pure function of the seed and i)."""
+
+    def __init__(self, config: TaskConfig, tokenizer, size: int, seed: int, split: str = "train"):
+        self.config, self.tokenizer, self.size, self.seed, self.split = config, tokenizer, size, seed, split
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        example = make_example(self.config, self.tokenizer, self.seed, index, self.split)
+        return {"input_ids": example.ids, "prompt_len": example.prompt_len}
+
+    def examples(self, n: int) -> list:
+        return [make_example(self.config, self.tokenizer, self.seed, i, self.split) for i in range(min(n, self.size))]
+
+
+@dataclass
+class MementoCollator:
+    """Right-pads a batch and builds labels, position ids and the attention mask of eviction decoding.
+
+    Each row is laid out as its unrolled forward (`leakage.memento.mask.unroll`): the sequence itself, except
+    under restart, where every recomputed memento span appears twice (the copy written while its block
+    was visible, whose logits predict the memento, and the recomputation later tokens see), so one
+    forward computes exactly what restart decoding computes at every predicted token. Returns
+    input_ids, position_ids (the logical positions) and labels (B, T'), -100 on prompt, padding and rows
+    that predict nothing, and attention_mask (B, 1, T', T') in additive float form (HF's eager attention
+    adds a 4D mask to the scores, so a bool mask would not mask anything). Stage 1 passes
+    keep_last_n_blocks=-1: causal with padding.
+    """
+
+    tokenizer: object
+    eviction: EvictionConfig
+
+    def __call__(self, features: list[dict]) -> dict:
+        layouts = []
+        for i, f in enumerate(features):
+            try:
+                spans = parse_spans(list(f["input_ids"]), self.tokenizer, prompt_len=f["prompt_len"])
+            except ValueError as err:
+                raise ValueError(f"batch row {i}: {err}") from err
+            layouts.append(unroll(spans, self.eviction))
+        B, T = len(features), max(len(u.index) for u in layouts)
+        ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
+        positions = torch.arange(T).repeat(B, 1)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        mask = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # pad rows see themselves
+        for b, (f, u) in enumerate(zip(features, layouts)):
+            tokens, n = torch.tensor(f["input_ids"]), len(u.index)
+            ids[b, :n], positions[b, :n] = tokens[u.index], u.index
+            mask[b, :n, :n] = u.mask
+            nxt = u.index + 1  # the logical position each row's logits predict
+            trained = u.predicts & (nxt >= f["prompt_len"]) & (nxt < len(tokens))
+            targets = torch.where(trained, tokens[nxt.clamp(max=len(tokens) - 1)], -100)
+            labels[b, 1:n] = targets[:-1]  # HF shifts labels: row r's logits are scored against labels[r + 1]
+        return {"input_ids": ids, "position_ids": positions, "labels": labels, "attention_mask": additive_mask(mask)}
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every logged dict (with stage and step) to a JSONL file, on the main process only."""
+
+    def __init__(self, path: Path, stage: int):
+        self.path, self.stage = path, stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}) + "\n")
+
+
+class TaskAccuracyCallback(TrainerCallback):
+    """After each evaluation: task accuracy (teacher-forced, fast) under the run's decoding and its restart."""
+
+    def __init__(self, tokenizer, examples: list, task: str, eviction: EvictionConfig):
+        self.tokenizer, self.examples, self.task = tokenizer, examples, task
+        evicting = eviction if eviction.evicts else replace(eviction, keep_last_n_blocks=0)
+        self.configs = {"memento": replace(evicting, restart=False), "restart": replace(evicting, restart=True)}
+        self.trainer: Trainer | None = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not self.examples or not state.is_world_process_zero:
+            return
+        was_training = model.training
+        model.eval()
+        metrics = {f"eval_{self.task}_acc_{name}": task_accuracy(model, self.tokenizer, self.examples, self.task,
+                                                                  cfg).value
+                   for name, cfg in self.configs.items()}
+        model.train(was_training)
+        self.trainer.log(metrics)
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 over every parameter's bytes, in state-dict order: equal on ranks in sync."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _ddp_backend() -> str | None:
+    """gloo on CPU, NCCL on GPU, when launched with several processes (torchrun sets WORLD_SIZE)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def training_arguments(run: RunConfig, stage: int, stage_dir: Path, **overrides) -> TrainingArguments:
+    p = run.preset
+    kwargs = dict(
+        output_dir=str(stage_dir), max_steps=run.stage_steps(stage), per_device_train_batch_size=p.batch_size,
+        per_device_eval_batch_size=p.batch_size, learning_rate=p.learning_rate, weight_decay=0.0,
+        adam_beta1=0.9, adam_beta2=0.999, optim="adamw_torch", lr_scheduler_type="cosine", warmup_steps=0.05,
+        max_grad_norm=1.0, seed=run.seed, data_seed=run.seed, eval_strategy="steps", eval_steps=p.eval_every,
+        save_strategy="steps", save_steps=p.save_every, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=max(1, p.eval_every // 5),
+        logging_first_step=True, report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        ddp_backend=_ddp_backend(), use_cpu=not torch.cuda.is_available(),
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, resume: bool = False,
+                callbacks: list | None = None, **argument_overrides) -> Path:
+    """Train one stage; returns its best checkpoint directory (lowest validation loss)."""
+    stage_dir = run_dir / f"stage{stage}"
+    done = stage_dir / "done.json"
+    if resume and done.is_file():
+        return run_dir / json.loads(done.read_text())["best_checkpoint"]
+    train_set = TaskDataset(run.task, tokenizer, run.preset.train_examples, run.seed, "train")
+    val_set = TaskDataset(run.task, tokenizer, run.preset.n_val, run.seed, "val")
+    eval_set = TaskDataset(replace(run.task, short_block_rate=0.0), tokenizer, run.preset.n_eval, run.seed, "val")
+    accuracy = TaskAccuracyCallback(tokenizer, eval_set.examples(run.preset.n_eval), run.task.task, run.eviction)
+    trainer = Trainer(model=model, args=training_arguments(run, stage, stage_dir, **argument_overrides),
+                      train_dataset=train_set, eval_dataset=val_set,
+                      data_collator=MementoCollator(tokenizer, run.stage_eviction(stage)),
+                      processing_class=tokenizer,
+                      callbacks=[MetricsLogger(run_dir / "metrics.jsonl", stage), accuracy, *(callbacks or [])])
+    accuracy.trainer = trainer
+    has_checkpoint = resume and any(stage_dir.glob("checkpoint-*"))
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    seconds = time.perf_counter() - start
+    atomic_write_json(stage_dir / f"rank{_rank()}.json", {"weights_sha256": weights_fingerprint(trainer.model)})
+    if trainer.state.global_step < run.stage_steps(stage):
+        raise TrainingInterrupted(f"stage {stage} stopped at step {trainer.state.global_step} of "
+                                  f"{run.stage_steps(stage)}; resume with resume=True")
+    best = Path(trainer.state.best_model_checkpoint or stage_dir / f"checkpoint-{trainer.state.global_step}")
+    if trainer.is_world_process_zero():
+        atomic_write_json(done, {"best_checkpoint": str(best.relative_to(run_dir)),  # the folder may move
+                                 "best_eval_loss": trainer.state.best_metric,
+                                 "steps": trainer.state.global_step, "wall_seconds": seconds,
+                                 "resumed": has_checkpoint})
+    return best
+
+
+class TrainingInterrupted(RuntimeError):
+    """A stage stopped before its last step (a callback asked it to); the run can be resumed."""
+
+
+RUN_FILES = ("config.json", "metrics.jsonl", "stage1", "stage2", "final")
+"""What a run folder holds (module docstring); `overwrite` removes exactly these."""
+
+
+def prepare_run_dir(record: dict, run_dir: Path, resume: bool, overwrite: bool,
+                    files: tuple[str, ...] = RUN_FILES) -> None:
+    """Refuse to mix runs in one folder: an existing run (its `config.json` == `record`) is resumed only
+    with the same config, replaced only with `overwrite` (which removes exactly `files`, glob patterns
+    allowed); a folder holding anything else is refused."""
+    config_path = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run folder {run_dir} exists and is not a directory")
+    existing = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not existing:
+        return
+    if not config_path.is_file():
+        raise ValueError(f"run folder {run_dir} is not empty and holds no run (config.json): {existing[:5]}; "
+                         "choose a new folder")
+    try:
+        old = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if overwrite:
+        import shutil
+
+        for path in sorted({p for pattern in files for p in run_dir.glob(pattern)}):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return
+    if old != record:
+        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+        raise ValueError(f"{run_dir} holds a run with a different configuration (differs in {changed}); "
+                         "pass --overwrite to replace it, or choose another --out")
+    if not resume:
+        raise ValueError(f"{run_dir} already holds this run; pass --resume to continue it or --overwrite to "
+                         "train it again from scratch")
+
+
+def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: list | None = None,
+          overwrite: bool = False, **argument_overrides) -> Path:
+    """Run the configured stages; stage 2 starts from stage 1's best checkpoint. Returns `run_dir/final`.
+
+    An existing run folder is resumed (`resume`, same config only) or replaced (`overwrite`), never mixed.
+    """
+    run_dir = Path(run_dir)
+    if _rank() == 0:
+        prepare_run_dir(run.to_dict(), run_dir, resume, overwrite)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _rank() == 0:
+        atomic_write_json(run_dir / "config.json", run.to_dict())
+    model, tokenizer = build_model(run.preset.model_preset, seed=run.seed)
+    best = None
+    for stage in run.stages:
+        if best is not None:
+            model, tokenizer = load_model(best)
+        model.train()
+        best = train_stage(run, stage, model, tokenizer, run_dir, resume, callbacks, **argument_overrides)
+    final = run_dir / "final"
+    if _rank() == 0:
+        model, tokenizer = load_model(best)
+        save_model(model, tokenizer, final)
+    return final
+
+
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A checkpoint of a run: its global step (stage 1's steps, then stage 2's), stage and directory."""
+
+    step: int
+    stage: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A `leakage train` run folder, read (module docstring)."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, checkpoint: str | Path) -> "TrainedRun | None":
+        """The run whose `final/` model `checkpoint` is (stage folders beside it), or None."""
+        checkpoint = Path(checkpoint)
+        if checkpoint.name == "final" and any((checkpoint.parent / f"stage{s}").is_dir() for s in (1, 2)):
+            return cls(checkpoint.parent)
+        return None
+
+    @property
+    def final(self) -> Path:
+        if not (self.path / "final" / "config.json").is_file():
+            raise FileNotFoundError(f"{self.path} has no final/ checkpoint: is it a `leakage train` run folder?")
+        return self.path / "final"
+
+    @property
+    def config(self) -> RunConfig:
+        path = self.path / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.path} holds no run (config.json): is it a `leakage train` run folder?")
+        try:
+            return RunConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a run config ({err})") from None
+
+    def evaluation_task(self, task: str | None = None) -> TaskConfig:
+        """The run's task as the paper evaluates it: fixed-length blocks (no curriculum); a run trained on a
+        mixture of passcode blocks is evaluated at the mixture's last one; `task` renames the task."""
+        shape = self.config.task
+        if shape.passcode_blocks:
+            shape = replace(shape, passcode_block=shape.passcode_blocks[-1], passcode_blocks=())
+        return replace(shape, task=task or shape.task, short_block_rate=0.0)
+
+    def metrics(self) -> list[dict]:
+        """Every logged metric (`metrics.jsonl`), in order."""
+        return [json.loads(line) for line in (self.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+    def stage_records(self) -> dict[str, dict]:
+        """`done.json` of every finished stage, by stage folder name."""
+        return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+                for p in sorted(self.path.glob("stage*/done.json"))}
+
+    def checkpoints(self) -> list[SavedCheckpoint]:
+        """Saved checkpoints of stage 1, then stage 2, with global steps (stage 2's counted after stage 1's)."""
+        saved, offset = [], 0
+        for stage in (1, 2):
+            found = sorted((int(p.name.split("-")[1]), p) for p in (self.path / f"stage{stage}").glob("checkpoint-*"))
+            saved += [SavedCheckpoint(offset + step, stage, path) for step, path in found]
+            offset += found[-1][0] if found else 0
+        return saved
+
+
+def ensure_trained(task: TaskConfig, preset: str, runs_dir: str | Path = "runs", seed: int = 0,
+                   short_block_rate: float = TRAINING_SHORT_BLOCK_RATE, eviction: EvictionConfig = EvictionConfig(),
+                   name: str | None = None) -> Path:
+    """The `final/` model of `runs_dir/NAME` (default `{task}-{preset}`), a two-stage run of `task` with the
+    training curriculum: reused when there, resumed when it stopped, trained otherwise."""
+    path = Path(runs_dir) / (name or f"{task.task}-{preset}")
+    run = RunConfig(task=replace(task, short_block_rate=short_block_rate), preset=train_preset(preset),
+                    eviction=eviction, seed=seed)
+    return train(run, path, resume=True)
+
+
+def with_steps(preset: TrainPreset, stage1_steps: int | None = None, stage2_steps: int | None = None) -> TrainPreset:
+    """A preset with other stage lengths (None keeps the preset's)."""
+    return replace(preset, stage1_steps=stage1_steps if stage1_steps is not None else preset.stage1_steps,
+                   stage2_steps=stage2_steps if stage2_steps is not None else preset.stage2_steps)
