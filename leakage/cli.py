@@ -161,13 +161,16 @@ def _rl(args: argparse.Namespace) -> int:
 
     from leakage.analysis import rl_analysis
     from leakage.analysis.probe import probe_preset
-    from leakage.analysis.record import write_record
+    from leakage.analysis.record import check_outputs, write_record
     from leakage.training.rl import RLConfig, rl_train
 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func: documented in leakage.training.rl
     warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)  # TRL, per step
     config = from_flags(RLConfig, args)
     out = Path(args.out)
+    if args.analysis:  # refuse a bad output before hours of training
+        check_outputs(out / "analysis", rl_analysis.FILES, [args.source])
+        check_outputs(args.report, rl_analysis.FILES, [args.source, out])
     final = rl_train(config, args.source, out, resume=args.resume, overwrite=args.overwrite)
     train_seconds = json.loads((out / "done.json").read_text(encoding="utf-8"))["wall_seconds"]
     print(f"RL ({config.task}, {config.preset}) in {train_seconds:.0f} s; final model: {final}")

@@ -13,6 +13,7 @@ When the block raises, nothing is written and the temp file is removed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import stat
@@ -68,12 +69,33 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def not_finite(obj, where: str = "") -> list[str]:
+    """Paths (`/a/b/0`) of the NaN or infinite numbers inside a JSON-able object."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [where or "/"]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in not_finite(v, f"{where}/{k}")]
+    if isinstance(obj, (list, tuple)):
+        return [p for i, v in enumerate(obj) for p in not_finite(v, f"{where}/{i}")]
+    return []
+
+
+def _strict_json(obj, path: str | Path, **kwargs) -> str:
+    """Strict JSON (no NaN or Infinity, which are not JSON); a non-finite number is an error naming it."""
+    bad = not_finite(obj)
+    if bad:
+        raise ValueError(f"{path}: not written: NaN or infinite numbers at {', '.join(bad[:5])}")
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False, **kwargs)
+
+
 def atomic_write_json(path: str | Path, obj) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    """Write `obj` as strict, indented JSON, all or nothing."""
+    return atomic_write_text(path, _strict_json(obj, path, indent=2) + "\n")
 
 
 def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    """Write one strict JSON object per line, all or nothing."""
+    return atomic_write_text(path, "".join(_strict_json(r, path) + "\n" for r in records))
 
 
 def read_text_lines(path: str | Path) -> Iterator[tuple[int, str]]:

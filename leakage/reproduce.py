@@ -85,6 +85,7 @@ class ReproduceConfig:
     runs_dir: folder of trained models (reused when the config matches).
     extras: also run the expensive stages (erase, restart-trained control) at this preset.
     seed: training, example and probe seed.
+    overwrite: replace what a reproduce of another preset, seed or extras wrote in --out (only its files).
     """
 
     preset: str = "fast"
@@ -92,14 +93,20 @@ class ReproduceConfig:
     runs_dir: str = "runs"
     extras: bool = False
     seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.preset not in PLANS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PLANS)}")
+
+    @property
+    def owner(self) -> dict:
+        """What the results in `out` are of: the settings a rerun into the same folder must share."""
+        return {"preset": self.preset, "seed": self.seed, "extras": self.extras}
 
     @property
     def plan(self) -> ReproducePlan:
-        try:
-            plan = PLANS[self.preset]
-        except KeyError:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PLANS)}") from None
-        return replace(plan, extras=plan.extras or self.extras)
+        return replace(PLANS[self.preset], extras=PLANS[self.preset].extras or self.extras)
 
     @property
     def task(self) -> TaskConfig:
@@ -133,6 +140,18 @@ class Context:
     def path(self, name: str) -> Path:
         return self.out / name
 
+    def training(self, restart: bool = False):
+        """(run folder, `RunConfig`) of the main job's model (or of its restart-trained control)."""
+        from leakage.training.tasks import TRAINING_SHORT_BLOCK_RATE
+        from leakage.training.train import RunConfig, train_preset
+
+        config = self.config
+        name = f"reproduce-passcode{config.plan.n_blocks}{'-restart' if restart else ''}-{config.preset}-seed{config.seed}"
+        run = RunConfig(task=replace(config.task, short_block_rate=TRAINING_SHORT_BLOCK_RATE),
+                        preset=train_preset(config.plan.train), eviction=EvictionConfig(restart=restart),
+                        seed=config.seed)
+        return Path(config.runs_dir) / name, run
+
     def causal(self, **experiment):
         """The causal stages' `CausalSpec` on the trained model (`experiment`: extra `CausalExperiment` fields)."""
         from leakage.analysis.twins import CausalExperiment, CausalSpec
@@ -145,12 +164,12 @@ def stage_train(ctx: Context) -> dict:
     import pandas as pd
 
     from leakage.plotting import plot_training_curves
-    from leakage.training.train import TrainedRun, ensure_trained
+    from leakage.training.train import TrainedRun, train_or_reuse
 
     config = ctx.config
     start = time.perf_counter()
-    ctx.checkpoint = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
-                                    name=f"reproduce-passcode{config.plan.n_blocks}-{config.preset}")
+    path, trained = ctx.training()
+    ctx.checkpoint = train_or_reuse(trained, path)
     run = TrainedRun(ctx.checkpoint.parent)
     table = pd.DataFrame(run.metrics())
     atomic_write_text(ctx.path("training.csv"), table.to_csv(index=False))
@@ -258,12 +277,11 @@ def stage_erase(ctx: Context) -> dict:
 
 def stage_control(ctx: Context) -> dict:
     from leakage.analysis import evaluation
-    from leakage.training.train import ensure_trained
+    from leakage.training.train import train_or_reuse
 
     config = ctx.config
-    final = ensure_trained(config.task, config.plan.train, config.runs_dir, config.seed,
-                           eviction=EvictionConfig(restart=True),
-                           name=f"reproduce-passcode{config.plan.n_blocks}-restart-{config.preset}")
+    path, trained = ctx.training(restart=True)
+    final = train_or_reuse(trained, path)
     spec = evaluation.EvaluationSpec(str(final), config.task, n=config.plan.n_eval, seed=config.seed + 1,
                                      evaluations=EVALUATIONS[:2])
     record = evaluation.run(spec, ctx.path("control"), command=ctx.command)
@@ -279,14 +297,66 @@ STAGES: dict[str, Callable[[Context], dict]] = {
 EXTRAS = ("erase", "control")
 
 
-def _key(config: ReproduceConfig, name: str, checkpoint: Path | None) -> str:
-    """What a stage's result depends on: the plan, the seed, and the trained weights."""
-    from leakage.engine.model import checkpoint_sha256
+STAGE_CODE = {"train": ("leakage.training.train",), "evaluate": ("leakage.analysis.evaluation",),
+              "kv": ("leakage.engine.decode", "leakage.memento.kv", "leakage.training.tasks", "leakage.plotting"),
+              "probe": ("leakage.analysis.probing",), "restart": ("leakage.analysis.restart",),
+              "patch": ("leakage.analysis.patch_maps",), "ablate": ("leakage.analysis.ablation",),
+              "erase": ("leakage.analysis.erasure",),
+              "control": ("leakage.analysis.evaluation", "leakage.training.train")}
+"""The modules whose code (with everything they import) computes each stage's result."""
 
-    digest = checkpoint_sha256(checkpoint) if checkpoint is not None and checkpoint.is_dir() else ""
-    text = json.dumps([name, asdict(config.plan), config.seed, config.runs_dir if name in ("train", "control") else "",
-                       digest if name != "train" else ""], sort_keys=True)
+
+def _key(config: ReproduceConfig, name: str, checkpoint: Path | None) -> str:
+    """What a stage's result depends on: the plan, the seed, the trained weights (not for `train`, which makes
+    them) and the code that computes it (`leakage.provenance.code_fingerprint`)."""
+    from leakage.engine.model import checkpoint_sha256
+    from leakage.provenance import code_fingerprint
+
+    digest = checkpoint_sha256(checkpoint) if checkpoint is not None and name != "train" else ""
+    code = [code_fingerprint(module) for module in STAGE_CODE[name]]
+    text = json.dumps([name, asdict(config.plan), config.seed, digest, code], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+OWNER = "reproduce.json"
+"""The file in `--out` that says which settings its results are of (`ReproduceConfig.owner`)."""
+
+
+def claim(config: ReproduceConfig) -> Path:
+    """The output folder, refused when it holds another reproduce's results (other preset, seed or extras)
+    unless `overwrite`, which removes exactly that reproduce's files, or files no reproduce wrote."""
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    owner_file = out / OWNER
+    if present and not owner_file.is_file():
+        raise ValueError(f"--out {out} holds files that no `leakage reproduce` wrote ({present[:5]}); choose another "
+                         "--out")
+    if owner_file.is_file():
+        old = json.loads(owner_file.read_text(encoding="utf-8"))
+        if old != config.owner:
+            changed = sorted(k for k in set(old) | set(config.owner) if old.get(k) != config.owner.get(k))
+            if not config.overwrite:
+                raise ValueError(f"--out {out} holds the results of a reproduce with other settings (differs in "
+                                 f"{changed}: {old}); pass --overwrite to replace them, or choose another --out")
+            for record in sorted((out / "stages").glob("*.json")):
+                for name in json.loads(record.read_text(encoding="utf-8")).get("files", []):
+                    (out / name).unlink(missing_ok=True)
+                record.unlink()
+            (out / "REPORT.md").unlink(missing_ok=True)
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    atomic_write_json(owner_file, config.owner)
+    return out
+
+
+def _still_trained(ctx: Context, old: dict) -> bool:
+    """Whether the model a `train` record names is still the run this config trains, by this code."""
+    from leakage.training.train import TrainedRun
+
+    path, run = ctx.training()
+    recorded = Path(old.get("results", {}).get("checkpoint", ""))
+    return recorded.resolve() == (path / "final").resolve() and TrainedRun(path).holds(run)
 
 
 def reproduce(config: ReproduceConfig, progress: Callable | None = None,
@@ -294,8 +364,7 @@ def reproduce(config: ReproduceConfig, progress: Callable | None = None,
     """Run every stage of the plan (skipping those already done with the same key); write REPORT.md.
 
     `progress(iterable, desc)` wraps the stage loop (tqdm). Returns {stage: record}."""
-    out = Path(config.out)
-    (out / "stages").mkdir(parents=True, exist_ok=True)
+    out = claim(config)
     ctx = Context(config, out)
     names = [n for n in STAGES if n not in EXTRAS or config.plan.extras]
     records = {}
@@ -304,7 +373,7 @@ def reproduce(config: ReproduceConfig, progress: Callable | None = None,
         key = _key(config, name, ctx.checkpoint)
         if path.is_file():
             old = json.loads(path.read_text())
-            trained = name != "train" or Path(old.get("results", {}).get("checkpoint", "")).is_dir()
+            trained = name != "train" or _still_trained(ctx, old)
             if (old.get("key") == key and "error" not in old and trained
                     and all((out / f).is_file() for f in old.get("files", []))):
                 records[name] = old
@@ -376,16 +445,23 @@ def report_text(config: ReproduceConfig, records: dict) -> str:
                      f"{_ci(ev.get('restart/passcode_answer'))}, full attention {_ci(ev.get('full_attention/passcode_answer'))} "
                      "(chance 10%: no memento text carries it; stages/evaluate.json).")
     patch = r.get("patch")
-    if patch:
+    if patch and patch["top_layer_head"]["effect"] is None:
+        lines.append("* KV patching: the twin's cache does not move the answer's logit difference at all, so no "
+                     "layer x head's share of it is defined (patch.csv).")
+    elif patch:
         top = patch["top_layer_head"]
         lines.append(f"* KV patching (twin passcode, identical mementos; 0 = clean, 1 = twin's cache): layer "
                      f"{top['layer']} KV head {top['kv_head']} carries {top['effect']:.2f} [{top['effect_low']:.2f}, "
                      f"{top['effect_high']:.2f}] of the effect, the next layer x head {patch['second_effect']:.2f} "
                      "(patch.csv, patch.png).")
     ablate = r.get("ablate")
-    if ablate:
-        best = max((v for k, v in ablate["by_layer"].items() if k.startswith("restart/") and not k.endswith("/all")),
-                   key=lambda v: v["restart_share"])
+    shared = {k: v for k, v in (ablate or {}).get("by_layer", {}).items()
+              if k.startswith("restart/") and not k.endswith("/all") and v["restart_share"] is not None}
+    if ablate and not shared:
+        lines.append(f"* KV ablation: answer digits {100 * ablate['clean']:.1f}% clean, and the restart KV of every "
+                     "layer at once does not lower them: there is no restart drop for a layer to explain (ablate.csv).")
+    elif ablate:
+        best = max(shared.values(), key=lambda v: v["restart_share"])
         layer = next(k for k, v in ablate["by_layer"].items() if v is best).split("/")[1]
         lines.append(f"* KV ablation: answer digits {100 * ablate['clean']:.1f}% clean; splicing in the restart KV of "
                      f"layer {layer} alone gives {_ci(best)}, {100 * best['restart_share']:.0f}% of the all-layer "

@@ -16,15 +16,19 @@
 # %% [markdown]
 # # 05 · Real traces: the data pipeline and the KV cache they would need
 #
-# The paper's OpenMementos traces (three examples from its repository, MIT, in `../shared/fixtures/`) and
-# an OpenThoughts chain of thought that our pipeline turns into a Memento trace: sentence split, boundary
+# OpenMementos traces (the paper's three examples from its repository, MIT, in `../shared/fixtures/` when
+# that folder is there; otherwise this project's own made-up ones in `tests/fixtures/`) and an OpenThoughts
+# chain of thought that our pipeline turns into a Memento trace: sentence split, boundary
 # scores, the optimal segmentation into blocks, extractive mementos. Then the KV cache each would need,
 # vanilla vs memento, replayed through the same eviction schedule the decoder uses.
 
 # %% tags=["parameters"]
 import os
 
-FIXTURES = os.environ.get("LEAKAGE_FIXTURES", "../shared/fixtures")  # the shared fixtures, from the repository root
+# a folder of OpenMementos / OpenThoughts traces: the real ones in ../shared/fixtures when they are there, else
+# the project's own made-up examples (tests/fixtures); paths from the repository root
+FIXTURES = os.environ.get("LEAKAGE_FIXTURES") or next(
+    (p for p in ("../shared/fixtures", "tests/fixtures") if os.path.isdir(p) or os.path.isdir(os.path.join("..", p))))
 TRACE = "memento_example_code.json"  # an OpenMementos record to look at
 
 # %%

@@ -43,7 +43,7 @@ from leakage.training.tasks import TaskConfig, make_example
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 if not Path(SFT_RUN, "final").exists():
-    ensure_trained(TaskConfig(task="passcode"), PRESET)
+    SFT_RUN = str(ensure_trained(TaskConfig(task="passcode"), PRESET).parent)
 config = RLConfig(task="passcode", preset=PRESET)
 checkpoint, task = sft_source(SFT_RUN, "passcode")
 model, tokenizer = load_model(checkpoint)

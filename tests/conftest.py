@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+OWN_FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SHARED_FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURE_DIRS = [OWN_FIXTURES] + ([SHARED_FIXTURES] if SHARED_FIXTURES.is_dir() else [])
+"""The project's own made-up traces always; the real ones from `../shared/fixtures` too when that folder is
+there (an extra: a fresh clone runs every test on its own fixtures, and skips nothing)."""
 
 
 @pytest.fixture(autouse=True)
@@ -15,8 +19,8 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
-@pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not FIXTURES.is_dir():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
-    return FIXTURES
+@pytest.fixture(scope="session", params=FIXTURE_DIRS, ids=lambda path: "own" if path == OWN_FIXTURES else "shared")
+def fixtures_dir(request) -> Path:
+    """A folder of traces: `openthoughts_example_trace.jsonl` (raw chain of thought) and
+    `memento_example_{response,code,science}.json` (OpenMementos records)."""
+    return request.param

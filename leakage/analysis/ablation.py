@@ -24,10 +24,10 @@ import torch
 
 from leakage.analysis.patching import (KV, PatchResult, PatchRun, answer_correct, kv_patch_layer, kv_patch_layer_head,
                                        patched_logits)
-from leakage.analysis.record import Clock, Log, beside, Record, finish
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
 from leakage.analysis.twins import CausalSpec, Progress, passcode_run, result_frame, run_name, twin_run
 from leakage.config import EvictionConfig
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.training.tasks import Example
 
 Ablation = Callable[[object, object, list[Example], PatchRun, EvictionConfig], KV]
@@ -84,25 +84,31 @@ def ablation_sweep(model, tokenizer, examples: list[Example], run: PatchRun, evi
 
 def headline(frame: pd.DataFrame) -> dict:
     """Clean accuracy, and per ablation kind and layer (or "all") the accuracy, its interval and the
-    share of the all-layer restart drop."""
+    share of the all-layer restart drop (None where there is no restart drop to share)."""
     layers = frame[frame.experiment == "ablate_layer"]
     return {"clean": float(frame.clean.iloc[0]),
             "by_layer": {f"{r.source}/{r.layer}": {"accuracy": float(r.metric), "ci95_low": float(r.metric_low),
                                                    "ci95_high": float(r.metric_high),
-                                                   "restart_share": float(r.restart_share)}
+                                                   "restart_share": finite_or_none(r.restart_share)}
                          for r in layers.itertuples()}}
+
+
+FILES = (".csv", ".json", ".png")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None = None, log: Log | None = None,
         progress: Progress = None) -> Record:
     """The ablation sweep of a checkpoint (module docstring); CSV, JSON and a figure at `out`."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     examples, pairs = twin_run(model, tokenizer, spec)
     clock(f"ablating {spec.experiment.n} examples")
     frame = ablation_sweep(model, tokenizer, examples, pairs, spec.eviction, spec.experiment.bootstrap,
                            spec.experiment.seed, progress)
-    return finish("ablate", spec, headline(frame), frame, clock, command, out, figures)
+    return finish(__name__, spec, headline(frame), frame, clock, command, out, figures)
 
 
 def figures(record: Record, stem: Path) -> list[Path]:

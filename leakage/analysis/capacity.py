@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leakage.analysis.record import Clock, Log, beside, Record, finish
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
 from leakage.config import EvictionConfig
 from leakage.engine.model import load_checkpoint
 from leakage.training.evaluate import evaluate_examples, validation_examples
@@ -63,10 +63,19 @@ class CapacitySpec:
     seed: int = 1
     eviction: EvictionConfig = EvictionConfig()
 
+    def __post_init__(self):
+        if not self.runs or self.n < 1:
+            raise ValueError(f"capacity needs at least one run folder and n >= 1 examples, got {self.runs} and {self.n}")
+
+
+FILES = (".csv", ".json", ".png")
+"""What `run(spec, out)` writes beside the stem `out`."""
+
 
 def run(spec: CapacitySpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """Capacity rows of every run (module docstring); CSV, JSON and a figure at `out`."""
+    check_outputs(out, FILES, spec.runs)
     clock = Clock(log)
     rows, tasks, finals = [], {}, []
     for run_dir in spec.runs:
@@ -80,7 +89,7 @@ def run(spec: CapacitySpec, out: str | Path | None = None, *, command: str | Non
         rows += found
         tasks[run_dir] = trained.config.to_dict()["task"]
         finals.append(trained.final)
-    return finish("capacity", spec, {"tasks": tasks}, pd.DataFrame(rows), clock, command, out, figures,
+    return finish(__name__, spec, {"tasks": tasks}, pd.DataFrame(rows), clock, command, out, figures,
                   checkpoints=finals)
 
 

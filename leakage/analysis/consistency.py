@@ -22,11 +22,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from leakage.analysis.record import Clock, Log, Record, finish
+from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.config import EvictionConfig
 from leakage.engine.capture import capture
 from leakage.engine.decode import teacher_force
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.memento.positions import TracePositions, part_labels
 from leakage.training.evaluate import validation_examples
 from leakage.training.tasks import TaskConfig
@@ -111,6 +111,7 @@ class ConsistencySpec:
     eviction: the eviction spec (both timings of it are compared).
     n: validation traces of the task.
     seed: seed of the traces.
+    force: run even if the checkpoint was trained on another task.
     """
 
     checkpoint: str
@@ -118,11 +119,22 @@ class ConsistencySpec:
     eviction: EvictionConfig = EvictionConfig()
     n: int = 32
     seed: int = 1
+    force: bool = False
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1 trace, got {self.n}")
+
+
+FILES = (".csv", ".json")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: ConsistencySpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """Both checks on the task's validation traces; rows: one per (measure, part) of the timing check."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     examples = validation_examples(spec.task, tokenizer, spec.n, spec.seed)
@@ -131,4 +143,4 @@ def run(spec: ConsistencySpec, out: str | Path | None = None, *, command: str | 
                                 replace(spec.eviction, summary_end_sees_block=False))
     rows = pd.DataFrame([{"measure": measure, "part": part, **stats}
                          for measure, parts in report["timing"].items() for part, stats in parts.items()])
-    return finish("consistency", spec, report, rows, clock, command, out)
+    return finish(__name__, spec, report, rows, clock, command, out)

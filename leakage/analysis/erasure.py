@@ -17,10 +17,10 @@ import torch
 
 from leakage.analysis.patching import KV, PatchRun, answer_correct, logit_difference, patched_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe
-from leakage.analysis.record import Clock, Log, beside, Record, finish
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
 from leakage.analysis.twins import CausalExperiment, CausalSpec, passcode_pairs, passcode_run, run_name
 from leakage.config import EvictionConfig
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.stats import cluster_bootstrap_mean
 from leakage.training.tasks import Example, TaskConfig, make_example
 
@@ -133,13 +133,19 @@ def headline(frame: pd.DataFrame) -> dict:
                      "answer_accuracy": float(full.answer_accuracy[method])} for method in full.index}
 
 
+FILES = (".csv", ".json", ".png")
+"""What `run(spec, out)` writes beside the stem `out`."""
+
+
 def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None = None, log: Log | None = None,
         probe: ProbeConfig = ProbeConfig()) -> Record:
     """The erasure curve of a checkpoint (module docstring); CSV, JSON and a figure at `out`."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     frame = erasure_curve(model, tokenizer, spec.task, spec.eviction, spec.experiment, probe, clock)
-    return finish("erase", spec, headline(frame), frame, clock, command, out, figures)
+    return finish(__name__, spec, headline(frame), frame, clock, command, out, figures)
 
 
 def figures(record: Record, stem: Path) -> list[Path]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from leakage.analysis.record import Clock, Log, Record, finish
+from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.config import EvictionConfig
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.training.evaluate import evaluate_examples, validation_examples
 from leakage.training.tasks import TaskConfig, task_spec
 
@@ -32,6 +32,7 @@ class EvaluationSpec:
     n: validation examples.
     seed: seed of the validation examples.
     evaluations: (name, unit, method) of each accuracy; none: the task's own (`TaskSpec.evaluations`).
+    force: run even if the checkpoint was trained on another task.
     """
 
     checkpoint: str
@@ -40,11 +41,22 @@ class EvaluationSpec:
     n: int = 256
     seed: int = 1
     evaluations: tuple[tuple[str, str, str], ...] | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1 validation example, got {self.n}")
+
+
+FILES = (".csv", ".json")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: EvaluationSpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """Score the checkpoint (module docstring); write CSV + JSON at the stem `out` when given."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     task = task_spec(spec.task.task)
@@ -58,4 +70,4 @@ def run(spec: EvaluationSpec, out: str | Path | None = None, *, command: str | N
         results["text_only_bayes_optimal"] = task.text_only(spec.task)
     rows = pd.DataFrame([{"decoding": key.split("/")[0], "measure": key.split("/", 1)[1], **value}
                          for key, value in results.items() if isinstance(value, dict)])
-    return finish("evaluation", spec, results, rows, clock, command, out)
+    return finish(__name__, spec, results, rows, clock, command, out)

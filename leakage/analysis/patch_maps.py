@@ -15,9 +15,9 @@ import pandas as pd
 
 from leakage.analysis.patching import (PatchResult, PatchRun, clean_and_corrupted, kv_patch_layer_head,
                                        kv_patch_layer_kind, logit_difference, patched_logits)
-from leakage.analysis.record import Clock, Log, beside, Record, finish
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
 from leakage.analysis.twins import CausalSpec, Progress, result_frame, run_name, twin_run
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 
 
 def reference_rows(model, run: PatchRun, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -50,26 +50,34 @@ def patching_maps(model, run: PatchRun, bootstrap: int = 1000, seed: int = 0, pr
 
 def headline(frame: pd.DataFrame) -> dict:
     """The layer x KV head with the largest effect (keys and values patched), the runner-up's effect, and
-    the reference logit differences."""
+    the reference logit differences. An effect is None where it is undefined: the twin's cache moves the
+    logit difference not at all (normalised by zero)."""
     maps = frame[(frame.experiment == "patch_layer_head") & (frame.which == "both")].sort_values("effect",
                                                                                                 ascending=False)
     top = maps.iloc[0]
     reference = frame[(frame.experiment == "reference") & (frame.measure == "logit_difference")]
-    return {"top_layer_head": {"layer": int(top.layer), "kv_head": int(top.kv_head), "effect": float(top.effect),
-                               "effect_low": float(top.effect_low), "effect_high": float(top.effect_high)},
-            "second_effect": float(maps.iloc[1].effect) if len(maps) > 1 else None,
+    return {"top_layer_head": {"layer": int(top.layer), "kv_head": int(top.kv_head), "effect": finite_or_none(top.effect),
+                               "effect_low": finite_or_none(top.effect_low),
+                               "effect_high": finite_or_none(top.effect_high)},
+            "second_effect": finite_or_none(maps.iloc[1].effect) if len(maps) > 1 else None,
             "logit_difference": {r.source: float(r.metric) for r in reference.itertuples()}}
+
+
+FILES = (".csv", ".json", ".png")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None = None, log: Log | None = None,
         progress: Progress = None) -> Record:
     """The patching maps of a checkpoint (module docstring); CSV, JSON and the maps' figure at `out`."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     _, pairs = twin_run(model, tokenizer, spec)
     clock(f"patching {spec.experiment.n} twin pairs")
     frame = patching_maps(model, pairs, spec.experiment.bootstrap, spec.experiment.seed, progress)
-    return finish("patch", spec, headline(frame), frame, clock, command, out, figures)
+    return finish(__name__, spec, headline(frame), frame, clock, command, out, figures)
 
 
 def figures(record: Record, stem: Path) -> list[Path]:

@@ -41,6 +41,7 @@ from leakage.seeding import seeded
 from leakage.stats import cluster_bootstrap_mean
 
 N_CLASSES = 10  # digits
+MIN_VALIDATION_GROUPS = 4  # a bootstrap interval over fewer held-out passcodes is no interval
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 
 
@@ -282,6 +283,11 @@ def fit_probe(features, labels, groups, config: ProbeConfig = ProbeConfig(), see
     (module docstring)."""
     features, labels, groups = _check(features, labels, groups)
     rest, val_rows = split_groups(groups, config.val_fraction, seed)
+    held_out = len(np.unique(np.asarray(groups[val_rows])))
+    if held_out < MIN_VALIDATION_GROUPS:
+        raise ValueError(f"{held_out} validation passcodes ({len(features)} rows, {len(np.unique(np.asarray(groups)))} "
+                         f"passcodes, val_fraction {config.val_fraction}): an interval needs at least "
+                         f"{MIN_VALIDATION_GROUPS}; use more traces")
     fit_part, stop_part = split_groups(groups[rest], config.early_stop_fraction, seed + 1)
     fit_rows, stop_rows = rest[fit_part], rest[stop_part]
     probe, epochs = _train(features, labels, fit_rows, stop_rows, config, seed)

@@ -39,9 +39,9 @@ import torch
 from leakage.analysis.probe import FLOAT32_EPS, ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels
 from leakage.analysis.probe_data import (KVDataset, ProbeTrace, capture_dataset, injected_traces, site_name, site_of,
                                          synthetic_traces)
-from leakage.analysis.record import Clock, beside, Record, finish
+from leakage.analysis.record import Clock, Record, beside, check_outputs, finish
 from leakage.config import EvictionConfig
-from leakage.engine.model import load_checkpoint, load_model, untrained_like
+from leakage.engine.model import check_trained_task, load_checkpoint, load_model, untrained_like
 from leakage.memento.mask import memento_mask
 from leakage.memento.positions import Site
 from leakage.memento.trace import read_openmementos
@@ -88,6 +88,15 @@ class ProbeExperiment:
     max_keep: int = 2
     checkpoints: int = 4
     seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.passcode_block < self.n_blocks - 1:
+            raise ValueError(f"passcode_block {self.passcode_block} leaves no block after it among {self.n_blocks}: the "
+                             "masked probe reads the memento of a later block (passcode_block + 1 < n_blocks)")
+        if self.pooling not in ("concat", "mean", "last"):
+            raise ValueError(f"pooling must be concat, mean or last, got {self.pooling!r}")
+        if self.max_keep < 0 or self.checkpoints < 0:
+            raise ValueError(f"max_keep and checkpoints must be >= 0, got {self.max_keep} and {self.checkpoints}")
 
 
 def _row(condition: str, result, layer="all", distance=None, site="", n_layers: int = 0, **extra) -> dict:
@@ -318,6 +327,7 @@ class ProbeSpec:
     n: traces (the paper: 50K; 20K at least).
     trace_seed: seed of the traces.
     n_eval: validation examples for each checkpoint's task accuracy (checkpoint sweep).
+    force: run even if the checkpoint was trained on another task.
     """
 
     checkpoint: str
@@ -329,20 +339,40 @@ class ProbeSpec:
     experiment: ProbeExperiment = ProbeExperiment()
     probe: ProbeConfig = ProbeConfig()
     eviction: EvictionConfig = EvictionConfig()
+    force: bool = False
 
     def __post_init__(self):
         task_spec(self.task)
+        if self.n < MIN_TRACES:
+            raise ValueError(f"n must be at least {MIN_TRACES} traces (a probe's interval needs validation passcodes), "
+                             f"got {self.n}")
+        if self.n_eval < 1:
+            raise ValueError(f"n_eval must be at least 1, got {self.n_eval}")
+        if self.traces is not None and not Path(self.traces).is_file():
+            raise FileNotFoundError(f"--traces {self.traces}: no such file")
+
+
+MIN_TRACES = 20
+"""The fewest traces a probe run takes: a fifth of them validate, and an interval needs a few passcodes."""
+FILES = (".csv", ".json", "_conditions.png", "_layers.png", "_sweeps.png")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: ProbeSpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """The whole probe experiment on a checkpoint (module docstring); CSV, JSON and three figures at `out`."""
+    check_outputs(out, FILES, [spec.checkpoint, spec.traces])
+    if not spec.traces:
+        check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     experiment, examples, trained = spec.experiment, None, None
     if spec.traces:
-        traces = injected_traces(read_openmementos(spec.traces), tokenizer, spec.n, experiment.passcode_block,
-                                 seed=spec.trace_seed, max_blocks=experiment.n_blocks)
+        records = read_openmementos(spec.traces)
+        if not records:
+            raise ValueError(f"--traces {spec.traces}: no records")
+        traces = injected_traces(records, tokenizer, spec.n, experiment.passcode_block, seed=spec.trace_seed,
+                                 max_blocks=experiment.n_blocks)
         experiment = replace(experiment, n_blocks=min(len(t.positions.blocks) for t in traces))
     else:
         task = TaskConfig(task=spec.task, n_blocks=experiment.n_blocks, passcode_block=experiment.passcode_block)
@@ -356,7 +386,7 @@ def run(spec: ProbeSpec, out: str | Path | None = None, *, command: str | None =
                             spec.probe, clock)
     table = pd.DataFrame(rows).drop(columns=["per_digit"]).assign(n_traces=len(traces))
     table["checkpoint"] = table["checkpoint"].fillna(spec.checkpoint) if "checkpoint" in table else spec.checkpoint
-    return finish("probe", spec, {"n_traces": len(traces), "probed_experiment": asdict(experiment)}, table, clock,
+    return finish(__name__, spec, {"n_traces": len(traces), "probed_experiment": asdict(experiment)}, table, clock,
                   command, out, figures)
 
 

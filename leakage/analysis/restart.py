@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from leakage.analysis.record import Clock, Log, Record, finish
+from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.config import EvictionConfig
 from leakage.engine.decode import Decoder, force_policy
-from leakage.engine.model import load_checkpoint
+from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.stats import cluster_bootstrap_mean, mcnemar_exact
 from leakage.training.evaluate import Accuracy, free_run, validation_examples
 from leakage.training.tasks import Example, TaskConfig, task_spec, unit
@@ -130,6 +130,7 @@ class RestartSpec:
     n: validation examples.
     seed: seed of the validation examples.
     unit: the scored unit, sums or answer_digits (none: the task's headline unit).
+    force: run even if the checkpoint was trained on another task.
     """
 
     checkpoint: str
@@ -138,15 +139,30 @@ class RestartSpec:
     n: int = 256
     seed: int = 1
     unit: str | None = None
+    force: bool = False
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1 validation example, got {self.n}")
+        if self.unit is not None:
+            unit(self.unit)
+        if not self.eviction.evicts:
+            raise ValueError("the restart ablation needs eviction (keep_last_n_blocks >= 0)")
+
+
+FILES = (".csv", ".json")
+"""What `run(spec, out)` writes beside the stem `out`."""
 
 
 def run(spec: RestartSpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """The restart ablation on the task's validation examples; rows: the paired units (module docstring)."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     scored = spec.unit or task_spec(spec.task.task).units[0]
     examples = validation_examples(spec.task, tokenizer, spec.n, spec.seed)
     clock(f"normal and restart decoding of {spec.n} examples ({scored})")
     result = restart_ablation(model, tokenizer, examples, scored, spec.eviction)
-    return finish("restart", spec, result.as_dict(), result.units_frame(), clock, command, out)
+    return finish(__name__, spec, result.as_dict(), result.units_frame(), clock, command, out)

@@ -28,7 +28,7 @@ import pandas as pd
 from leakage.analysis.probe import ProbeConfig
 from leakage.analysis.probe_data import synthetic_traces
 from leakage.analysis.probing import Checkpoint, ProbeExperiment, checkpoint_sweep
-from leakage.analysis.record import Clock, Log, beside, Record, finish
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
 from leakage.analysis.restart import restart_ablation
 from leakage.config import EvictionConfig
 from leakage.engine.decode import generate
@@ -195,12 +195,17 @@ class RLAnalysisSpec:
     seed: int = 2
 
 
+FILES = (".csv", ".json", ".png", "_metrics.jsonl")
+"""What `run(spec, out)` writes beside the stem `out`."""
+
+
 def run(spec: RLAnalysisSpec, out: str | Path | None = None, *, command: str | None = None,
         log: Log | None = None) -> Record:
     """Measure the SFT checkpoint and the RL model on the same examples (module docstring); the sizes are the
     RL preset's. Writes CSV, JSON, the Fig. 7-style figure and the run's metrics JSONL at `out`."""
-    clock = Clock(log)
     run_dir = Path(spec.run)
+    check_outputs(out, FILES, [run_dir / "final", run_dir / "config.json", run_dir / "metrics.jsonl"])
+    clock = Clock(log)
     trained = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     config = RLConfig(**trained["rl"])
     task = TaskConfig(**{**trained["task"], "passcode_blocks": tuple(trained["task"].get("passcode_blocks", ()))})
@@ -210,7 +215,7 @@ def run(spec: RLAnalysisSpec, out: str | Path | None = None, *, command: str | N
     done = json.loads((run_dir / "done.json").read_text(encoding="utf-8"))
     results = {"from": str(before), "rl": trained["rl"], "task": trained["task"], "train_seconds": done["wall_seconds"],
                "records": records}
-    return finish("rl_analysis", spec, results, pd.DataFrame(analysis_rows(records)), clock, command, out, files,
+    return finish(__name__, spec, results, pd.DataFrame(analysis_rows(records)), clock, command, out, files,
                   checkpoints=(before, after))
 
 

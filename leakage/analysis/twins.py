@@ -46,6 +46,15 @@ class CausalExperiment:
     bootstrap: int = 1000
     seed: int = 0
 
+    def __post_init__(self):
+        if self.n < 2 or self.reference < 8:
+            raise ValueError(f"n must be at least 2 pairs and reference at least 8 examples, got {self.n} and "
+                             f"{self.reference}")
+        if self.bootstrap < 10:
+            raise ValueError(f"bootstrap must be at least 10 resamples, got {self.bootstrap}")
+        if not self.strengths or any(not 0.0 <= s <= 1.0 for s in self.strengths):
+            raise ValueError(f"erasure strengths must lie in [0, 1] (0: none, 1: full LEACE), got {self.strengths}")
+
 
 @dataclass(frozen=True)
 class CausalSpec:
@@ -55,19 +64,29 @@ class CausalSpec:
     task: a task whose answer is the passcode (`TaskSpec.answers_passcode`), and its shape.
     eviction: the memento decoding whose cache is edited.
     experiment: sizes and seed.
+    force: run even if the checkpoint was trained on another task.
     """
 
     checkpoint: str
     task: TaskConfig = TaskConfig(task="passcode")
     eviction: EvictionConfig = EvictionConfig()
     experiment: CausalExperiment = CausalExperiment()
+    force: bool = False
 
     def __post_init__(self):
         if not task_spec(self.task.task).answers_passcode:
             raise ValueError(f"the causal experiments need a task whose answer is the passcode; "
                              f"{self.task.task!r} answers something else")
-        if self.task.passcode_block is None:
-            raise ValueError("the causal experiments need a task with a passcode_block")
+        if self.task.passcode_block is None or self.task.passcode_blocks:
+            raise ValueError("the causal experiments need one passcode_block (no mixture)")
+        if not self.eviction.evicts or self.eviction.restart:
+            raise ValueError("the causal experiments edit the cache of memento decoding: keep_last_n_blocks >= 0, "
+                             "no restart")
+        k, keep, last = self.task.passcode_block, self.eviction.keep_last_n_blocks, self.task.n_blocks - 1
+        deferred = self.eviction.keep_last_block_for_answer and keep == 0
+        if k + keep > last or (deferred and k + 1 > last):
+            raise ValueError(f"passcode_block {k} is never evicted before the answer with {self.task.n_blocks} blocks "
+                             f"and keep_last_n_blocks={keep}" + (" (kept for the answer)" if deferred else ""))
 
 
 def digit_token(tokenizer, digit: int) -> int:

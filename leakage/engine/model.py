@@ -16,6 +16,7 @@ random stream.
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 import warnings
@@ -132,14 +133,23 @@ def add_memento_tokens(model, tokenizer, seed: int = 0) -> dict[str, int]:
     return added
 
 
-def save_model(model, tokenizer, path: str | Path) -> Path:
-    """Save model + tokenizer as an HF checkpoint directory, atomically (temp dir, then rename)."""
+TRAINED_WITH = "leakage.json"
+"""The file in a checkpoint saved by this package that says what it was trained on (`checkpoint_record`)."""
+
+
+def save_model(model, tokenizer, path: str | Path, record: dict | None = None) -> Path:
+    """Save model + tokenizer as an HF checkpoint directory, atomically (temp dir, then rename); `record` (what
+    the model was trained on: task, eviction, code) goes into `leakage.json` beside the weights."""
+    from leakage.io import atomic_write_json
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if record is not None:
+            atomic_write_json(staging / TRAINED_WITH, record)
         if path.exists():
             shutil.rmtree(path)
         staging.rename(path)
@@ -161,12 +171,54 @@ def load_model(path: str | Path, add_tokens: bool = True, seed: int = 0):
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); a checkpoint without "
                                 "its tokenizer cannot be used (its ids would mean nothing)")
+    check_weight_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
                                                  attn_implementation="eager")
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"{path}: weight {name} holds {int((~torch.isfinite(tensor)).sum())} NaN or infinite "
+                             "values; a model with non-finite weights computes nothing meaningful")
     if add_tokens:
         add_memento_tokens(model, tokenizer, seed=seed)
     return model.eval(), tokenizer
+
+
+def check_weight_files(path: str | Path) -> None:
+    """Raise naming the file when a checkpoint's `*.safetensors` are missing, empty, truncated or damaged."""
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files and not any(Path(path).glob("*.bin")):
+        raise FileNotFoundError(f"{path} holds no weights (*.safetensors)")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as weights:  # checks the header against the file's size
+                for name in weights.keys():
+                    weights.get_slice(name).get_shape()
+        except Exception as err:  # safetensors raises its own error type for a damaged header
+            raise ValueError(f"{file}: damaged or truncated weights ({type(err).__name__}: {err})") from None
+
+
+def check_trained_task(path: str | Path, task: str, force: bool = False) -> None:
+    """Refuse to run a `task` analysis on a checkpoint this package trained on another task (its
+    `leakage.json` says which), unless `force`; checkpoints from elsewhere record nothing and pass."""
+    trained = ((checkpoint_record(path) or {}).get("task") or {}).get("task")
+    if trained is not None and trained != task and not force:
+        raise ValueError(f"{path} was trained on the {trained!r} task, not {task!r}: its results on {task!r} would "
+                         "mean nothing; pass --force to run anyway")
+
+
+def checkpoint_record(path: str | Path) -> dict | None:
+    """What a checkpoint saved by this package was trained on (`leakage.json`: task, eviction, code), or None
+    for a checkpoint from elsewhere."""
+    file = Path(path) / TRAINED_WITH
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
 class FormatWarning(UserWarning):

@@ -9,7 +9,7 @@ with a caller's function, and on an invalid reply asks again (telling the model 
 
 Credentials: the bearer token goes to `base_url` only. Redirects are never followed (a redirect is
 refused with an error naming where it pointed, so a token can never travel to another host), and the
-token is redacted from every error message, however the server echoed it.
+token (and a password in the base URL) is redacted from every error message, however the server echoed it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -51,9 +52,15 @@ class LLMConfig:
 
     def __post_init__(self):
         if not re.match(r"https?://", self.base_url):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ValueError(f"base_url must start with http:// or https://, got {redact_url(self.base_url)!r}")
         if self.timeout_s <= 0 or self.max_retries < 0 or self.backoff_s < 0:
             raise ValueError("timeout_s must be > 0, max_retries and backoff_s >= 0")
+
+
+def redact_url(url: str) -> str:
+    """`url` with the password of its user info (`http://user:password@host`) replaced by '***'."""
+    password = urlsplit(url).password
+    return url.replace(f":{password}@", ":***@") if password else url
 
 
 _RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -75,9 +82,12 @@ class ChatClient:
         return os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
 
     def redact(self, text: str) -> str:
-        """`text` with the bearer token replaced by '***' (error messages must never carry it)."""
-        key = self._key()
-        return text.replace(key, "***") if key else text
+        """`text` with the bearer token and a password in the base URL replaced by '***' (error messages must
+        never carry them)."""
+        for secret in (self._key(), urlsplit(self.config.base_url).password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def chat(self, messages: list[dict], where: str = "request") -> str:
         """The reply text of one chat completion, with transport retries."""

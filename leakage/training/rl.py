@@ -41,7 +41,10 @@ from leakage.memento.mask import additive_mask, memento_mask
 from leakage.engine.model import load_model, save_model
 from leakage.training.rollout import REWARDS, block_lengths, check_block_cap, memento_lengths, sample_rollouts
 from leakage.training.tasks import TaskConfig, make_example
-from leakage.training.train import MetricsLogger, TrainedRun, TrainingInterrupted, prepare_run_dir, weights_fingerprint
+from leakage.provenance import code_fingerprint
+from leakage.training.train import (MetricsLogger, TrainedRun, TrainingInterrupted, checkpoint_bytes, disk_full_named,
+                                    last_complete_checkpoint, prepare_run_dir, require_space, trim_metrics,
+                                    weights_fingerprint)
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class RLConfig:
         return RL_PRESETS[self.preset]
 
 
-RL_FILES = ("config.json", "metrics.jsonl", "final", "done.json", "analysis.json", "checkpoint-*")
+RL_FILES = ("config.json", "metrics.jsonl", "final", "done.json", "analysis*", "checkpoint-*")
 """What an RL run folder holds (module docstring); `overwrite` removes exactly these."""
 
 
@@ -342,8 +345,11 @@ def build_trainer(config: RLConfig, checkpoint: Path, task: TaskConfig, out: Pat
 
 
 def run_config(config: RLConfig, checkpoint: Path, task: TaskConfig) -> dict:
+    """What an RL run folder's `config.json` (and its final model's `leakage.json`) holds: the config, the
+    task, the SFT checkpoint and its weights' fingerprint, and the fingerprint of the code that trains it."""
     return json.loads(json.dumps({"rl": asdict(config), "task": asdict(task), "from": str(checkpoint),
-                                  "from_weights_sha256": weights_fingerprint(load_model(checkpoint)[0])}))
+                                  "from_weights_sha256": weights_fingerprint(load_model(checkpoint)[0]),
+                                  "code": code_fingerprint("leakage.training.rl")}))
 
 
 def rl_train(config: RLConfig, source: str | Path, out: str | Path, resume: bool = False, overwrite: bool = False,
@@ -359,16 +365,22 @@ def rl_train(config: RLConfig, source: str | Path, out: str | Path, resume: bool
     prepare_run_dir(record, out, resume, overwrite, RL_FILES)
     if resume and (out / "done.json").is_file() and (out / "final").is_dir():
         return out / "final"
+    trainer = build_trainer(config, checkpoint, task, out, callbacks=callbacks, **overrides)  # validates first
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", record)
-    trainer = build_trainer(config, checkpoint, task, out, callbacks=callbacks, **overrides)
-    has_checkpoint = resume and any(out.glob("checkpoint-*"))
+    resumed = last_complete_checkpoint(out) if resume else None
+    has_checkpoint = resumed is not None
+    if resume:
+        trim_metrics(out / "metrics.jsonl", "rl", int(resumed.name.split("-")[1]) if resumed else 0)
+    require_space(out, 3 * checkpoint_bytes(trainer.model))
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    with disk_full_named(out):
+        trainer.train(resume_from_checkpoint=str(resumed) if resumed else None)
     if trainer.state.global_step < trainer.args.max_steps:
         raise TrainingInterrupted(f"RL stopped at step {trainer.state.global_step} of {trainer.args.max_steps}; "
                                   "resume with resume=True (--resume)")
-    final = save_model(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, out / "final")
+    final = save_model(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, out / "final",
+                       record)
     atomic_write_json(out / "done.json", {"steps": trainer.state.global_step, "wall_seconds": time.perf_counter() - start,
                                           "resumed": has_checkpoint,
                                           "weights_sha256": weights_fingerprint(trainer.model)})

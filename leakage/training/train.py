@@ -20,10 +20,14 @@ checkpoints); `ensure_trained` returns a run's final model, training it when it 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import math
 import os
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,10 +37,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.training.evaluate import task_accuracy
-from leakage.io import atomic_write_json
+from leakage.io import atomic_write_json, atomic_write_text
+from leakage.provenance import code_fingerprint
 from leakage.memento.mask import additive_mask, unroll
 from leakage.memento.spans import parse_spans
-from leakage.engine.model import build_model, load_model, save_model
+from leakage.engine.model import build_model, check_weight_files, load_model, save_model
 from leakage.training.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig, make_example
 
 
@@ -178,16 +183,36 @@ class MementoCollator:
         return {"input_ids": ids, "position_ids": positions, "labels": labels, "attention_mask": additive_mask(mask)}
 
 
-class MetricsLogger(TrainerCallback):
-    """Appends every logged dict (with stage and step) to a JSONL file, on the main process only."""
+class TrainingDiverged(ArithmeticError):
+    """A loss came out NaN or infinite: training diverged, and nothing it saves from here on is a model."""
 
-    def __init__(self, path: Path, stage: int):
+
+class MetricsLogger(TrainerCallback):
+    """Appends every logged dict (with stage and step) to a JSONL file, on the main process only. A loss
+    that is not a finite number stops training with `TrainingDiverged`, naming the stage and step."""
+
+    def __init__(self, path: Path, stage: int | str):
         self.path, self.stage = path, stage
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        bad = sorted(k for k, v in (logs or {}).items() if "loss" in k and isinstance(v, float) and not math.isfinite(v))
+        if bad:
+            raise TrainingDiverged(f"stage {self.stage}, step {state.global_step}: {', '.join(bad)} = "
+                                   f"{logs[bad[0]]}: training diverged (lower the learning rate or check the data)")
         if state.is_world_process_zero and logs:
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}) + "\n")
+                f.write(json.dumps({"stage": self.stage, "step": state.global_step, **logs}, allow_nan=False) + "\n")
+
+
+def trim_metrics(path: Path, stage: int | str, step: int) -> None:
+    """Drop the metrics a resumed stage will log again: its lines after `step` (the checkpoint it resumes
+    from; 0: all of them). Other stages' lines stay."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if (r := json.loads(line))["stage"] != stage or r["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 class TaskAccuracyCallback(TrainerCallback):
@@ -240,7 +265,7 @@ def training_arguments(run: RunConfig, stage: int, stage_dir: Path, **overrides)
         max_grad_norm=1.0, seed=run.seed, data_seed=run.seed, eval_strategy="steps", eval_steps=p.eval_every,
         save_strategy="steps", save_steps=p.save_every, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=max(1, p.eval_every // 5),
-        logging_first_step=True, report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+        logging_first_step=True, logging_nan_inf_filter=False, report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
         ddp_backend=_ddp_backend(), use_cpu=not torch.cuda.is_available(),
     )
     kwargs.update(overrides)
@@ -264,9 +289,14 @@ def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, res
                       processing_class=tokenizer,
                       callbacks=[MetricsLogger(run_dir / "metrics.jsonl", stage), accuracy, *(callbacks or [])])
     accuracy.trainer = trainer
-    has_checkpoint = resume and any(stage_dir.glob("checkpoint-*"))
+    checkpoint = last_complete_checkpoint(stage_dir) if resume else None
+    has_checkpoint = checkpoint is not None
+    if resume:
+        trim_metrics(run_dir / "metrics.jsonl", stage, int(checkpoint.name.split("-")[1]) if checkpoint else 0)
+    require_space(stage_dir, 3 * checkpoint_bytes(model))
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if has_checkpoint else None)
+    with disk_full_named(stage_dir):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     seconds = time.perf_counter() - start
     atomic_write_json(stage_dir / f"rank{_rank()}.json", {"weights_sha256": weights_fingerprint(trainer.model)})
     if trainer.state.global_step < run.stage_steps(stage):
@@ -283,6 +313,76 @@ def train_stage(run: RunConfig, stage: int, model, tokenizer, run_dir: Path, res
 
 class TrainingInterrupted(RuntimeError):
     """A stage stopped before its last step (a callback asked it to); the run can be resumed."""
+
+
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+"""What a Trainer checkpoint holds besides its weights; one that lacks any is incomplete."""
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The highest-step `checkpoint-N` in `folder` whose files are all there and whose weights load (a
+    checkpoint cut short by a crash or a full disk is skipped), or None."""
+    found = sorted(((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name[11:].isdigit()),
+                   reverse=True)
+    for _, path in found:
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+            check_weight_files(path)
+        except (OSError, ValueError):
+            continue
+        if all((path / name).is_file() and (path / name).stat().st_size > 0 for name in CHECKPOINT_FILES):
+            return path
+    return None
+
+
+def checkpoint_bytes(model) -> int:
+    """Rough size of one Trainer checkpoint of `model`: float32 weights and AdamW's two moments."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def require_space(folder: Path, needed: int) -> None:
+    """Refuse up front when the device holding `folder` has less than `needed` bytes free."""
+    free = shutil.disk_usage(_existing(folder)).free
+    if free < needed:
+        raise OSError(errno.ENOSPC, f"no space left on the device holding {folder}: {free:,} bytes free, about "
+                                    f"{needed:,} needed for its checkpoints")
+
+
+@contextmanager
+def disk_full_named(folder: Path):
+    """Turn a write failure on a full device (torch says "unexpected pos" or "file write failed") into one
+    error that says so, naming the folder; an incomplete checkpoint it left is skipped on resume."""
+    try:
+        yield
+    except Exception as err:
+        full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+        if full or shutil.disk_usage(_existing(folder)).free < (1 << 20):
+            raise OSError(errno.ENOSPC, f"no space left on the device holding {folder} while writing a checkpoint "
+                                        f"({type(err).__name__}: {err}); free some space and resume (the incomplete "
+                                        "checkpoint is skipped)") from err
+        raise
+
+
+class StaleRun(ValueError):
+    """A run folder holds a run of another config, or one trained by other code."""
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON objects differ (`code.sources_sha256`, `task.n_blocks`)."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(prefix + key)
+    return found
 
 
 RUN_FILES = ("config.json", "metrics.jsonl", "stage1", "stage2", "final")
@@ -308,8 +408,6 @@ def prepare_run_dir(record: dict, run_dir: Path, resume: bool, overwrite: bool,
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if overwrite:
-        import shutil
-
         for path in sorted({p for pattern in files for p in run_dir.glob(pattern)}):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -317,9 +415,8 @@ def prepare_run_dir(record: dict, run_dir: Path, resume: bool, overwrite: bool,
                 path.unlink()
         return
     if old != record:
-        changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
-        raise ValueError(f"{run_dir} holds a run with a different configuration (differs in {changed}); "
-                         "pass --overwrite to replace it, or choose another --out")
+        raise StaleRun(f"{run_dir} holds a run with a different configuration or code (differs in "
+                       f"{differences(old, record)}); pass --overwrite to replace it, or choose another --out")
     if not resume:
         raise ValueError(f"{run_dir} already holds this run; pass --resume to continue it or --overwrite to "
                          "train it again from scratch")
@@ -332,11 +429,12 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: 
     An existing run folder is resumed (`resume`, same config only) or replaced (`overwrite`), never mixed.
     """
     run_dir = Path(run_dir)
+    record = run_record(run)
     if _rank() == 0:
-        prepare_run_dir(run.to_dict(), run_dir, resume, overwrite)
+        prepare_run_dir(record, run_dir, resume, overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     if _rank() == 0:
-        atomic_write_json(run_dir / "config.json", run.to_dict())
+        atomic_write_json(run_dir / "config.json", record)
     model, tokenizer = build_model(run.preset.model_preset, seed=run.seed)
     best = None
     for stage in run.stages:
@@ -347,8 +445,14 @@ def train(run: RunConfig, run_dir: str | Path, resume: bool = False, callbacks: 
     final = run_dir / "final"
     if _rank() == 0:
         model, tokenizer = load_model(best)
-        save_model(model, tokenizer, final)
+        save_model(model, tokenizer, final, record)
     return final
+
+
+def run_record(run: RunConfig) -> dict:
+    """What a run folder's `config.json` (and its final model's `leakage.json`) holds: the config and the
+    fingerprint of the code that trains it (`leakage.provenance`)."""
+    return {**run.to_dict(), "code": code_fingerprint("leakage.training.train")}
 
 
 @dataclass(frozen=True)
@@ -407,6 +511,15 @@ class TrainedRun:
         return {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
                 for p in sorted(self.path.glob("stage*/done.json"))}
 
+    def holds(self, run: RunConfig) -> bool:
+        """Whether the folder holds `run`, trained by this code and finished (a final model, every stage done)."""
+        try:
+            recorded = json.loads((self.path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return False
+        done = all((self.path / f"stage{s}" / "done.json").is_file() for s in run.stages)
+        return recorded == run_record(run) and done and (self.path / "final" / "config.json").is_file()
+
     def checkpoints(self) -> list[SavedCheckpoint]:
         """Saved checkpoints of stage 1, then stage 2, with global steps (stage 2's counted after stage 1's)."""
         saved, offset = [], 0
@@ -417,15 +530,27 @@ class TrainedRun:
         return saved
 
 
+def train_or_reuse(run: RunConfig, path: str | Path, replace_stale: bool = True) -> Path:
+    """The `final/` model of the run folder `path` holding `run`: reused when it finished with the same config
+    and code, resumed when it stopped, trained otherwise; a folder holding a run of another config or code is
+    retrained from scratch (`replace_stale`, removing only its run files) or refused."""
+    try:
+        return train(run, path, resume=True)
+    except StaleRun:
+        if not replace_stale:
+            raise
+        return train(run, path, overwrite=True)
+
+
 def ensure_trained(task: TaskConfig, preset: str, runs_dir: str | Path = "runs", seed: int = 0,
                    short_block_rate: float = TRAINING_SHORT_BLOCK_RATE, eviction: EvictionConfig = EvictionConfig(),
                    name: str | None = None) -> Path:
-    """The `final/` model of `runs_dir/NAME` (default `{task}-{preset}`), a two-stage run of `task` with the
-    training curriculum: reused when there, resumed when it stopped, trained otherwise."""
-    path = Path(runs_dir) / (name or f"{task.task}-{preset}")
+    """`train_or_reuse` of a two-stage run of `task` with the training curriculum, in `runs_dir/NAME`
+    (default `{task}-{preset}-seed{seed}`)."""
+    path = Path(runs_dir) / (name or f"{task.task}-{preset}-seed{seed}")
     run = RunConfig(task=replace(task, short_block_rate=short_block_rate), preset=train_preset(preset),
                     eviction=eviction, seed=seed)
-    return train(run, path, resume=True)
+    return train_or_reuse(run, path)
 
 
 def with_steps(preset: TrainPreset, stage1_steps: int | None = None, stage2_steps: int | None = None) -> TrainPreset:

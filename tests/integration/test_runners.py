@@ -11,6 +11,7 @@ from leakage.analysis import ablation, evaluation, probing, restart
 from leakage.analysis.record import Record, write_record
 from leakage.analysis.twins import CausalExperiment, CausalSpec, twin_run
 from leakage.engine.model import build_model, checkpoint_sha256, load_checkpoint, save_model
+from leakage.provenance import code_fingerprint
 from leakage.training.tasks import TASKS, Question, TaskConfig, TaskSpec, register_task
 
 
@@ -70,12 +71,13 @@ def test_the_record_writer(tmp_path, checkpoint):
 
     spec = evaluation.EvaluationSpec(checkpoint, n=2)
     record = Record("evaluation", spec, {"n_examples": 2}, pd.DataFrame([{"a": 1}]),
-                    {checkpoint: checkpoint_sha256(checkpoint)}, 1.5, [], command="leakage eval x")
+                    {checkpoint: checkpoint_sha256(checkpoint)}, 1.5, [], command="leakage eval x",
+                    code=code_fingerprint("leakage.analysis.evaluation"))
     written = write_record(record, tmp_path / "out.v1.csv")
     assert [p.name for p in written] == ["out.v1.csv", "out.v1.json"]
     data = json.loads((tmp_path / "out.v1.json").read_text())
     assert data["analysis"] == "evaluation" and data["n"] == 2 and data["task"]["task"] == "digits"
-    assert data["weights_sha256"][checkpoint] == checkpoint_sha256(checkpoint) and data["leakage_version"]
+    assert data["weights_sha256"][checkpoint] == checkpoint_sha256(checkpoint) and data["code"]["sources_sha256"]
     assert (tmp_path / "out.v1.csv").read_text().splitlines()[0] == "a,command"
     clash = Record("evaluation", spec, {"n": 3}, None, {}, 0.0)
     with pytest.raises(ValueError, match=r"\['n'\] named both as settings and as results"):

@@ -241,6 +241,6 @@ def test_reproduce_extras_run_the_erasure_and_the_restart_trained_control(tmp_pa
     for stage in ("erase", "control"):
         assert "error" not in records[stage], records[stage].get("traceback")
     assert records["control"]["results"]["restart/sums_teacher_forced"]["total"] > 0
-    assert (tmp_path / "runs" / "reproduce-passcode3-restart-smoke" / "final").is_dir()
+    assert (tmp_path / "runs" / "reproduce-passcode3-restart-smoke-seed0" / "final").is_dir()  # the seed is in the name
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "LEACE on the retained KV" in report and "Restart-trained control" in report
