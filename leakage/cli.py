@@ -230,9 +230,8 @@ def _show_restart(record) -> None:
         r = report[name]
         print(f"{name:8s} {r['accuracy']:.3f} [{r['ci95_low']:.3f}, {r['ci95_high']:.3f}]  ({r['total']} {noun}s)")
     low, high = report["drop_ci95"]
-    print(f"drop     {report['drop']:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over examples); paired "
-          f"{report['paired']}; McNemar exact p "
-          + (f"= {report['mcnemar_p']:.2g}" if report["mcnemar_p"] > 0 else "< 1e-300 (below float range)"))
+    print(f"drop     {report['drop']:+.3f} [{low:+.3f}, {high:+.3f}] (bootstrap over examples); examples "
+          f"{report['paired_examples']}; sign test over examples p = {report['sign_test_p']:.2g}")
 
 
 def _show_probe(record) -> None:
@@ -284,8 +283,8 @@ ANALYSES: dict[str, Analysis] = {
                             "eviction decoding vs the masked forward, for a checkpoint", _show_consistency,
                             _TASK_NO_CURRICULUM + ("eviction.summary_end_sees_block", "eviction.max_block_tokens"),
                             _BLOCKS),
-    "restart": Analysis("restart", "RestartSpec", "restart ablation with the memento text held identical (paired, "
-                        "McNemar)", _show_restart,
+    "restart": Analysis("restart", "RestartSpec", "restart ablation with the memento text held identical (paired over "
+                        "examples, exact sign test)", _show_restart,
                         _TASK_NO_CURRICULUM + ("eviction.restart", "eviction.max_block_tokens"), _BLOCKS),
     "probe": Analysis("probing", "ProbeSpec", "passcode probe on retained keys/values: conditions, controls, layers",
                       _show_probe, ("eviction.restart", "eviction.max_block_tokens", "eviction.summary_end_sees_block"),
@@ -353,10 +352,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     config = from_flags(ReproduceConfig, args)
     start = time.perf_counter()
     records = reproduce(config, progress=lambda items, desc: tqdm(items, desc=desc), log=print)
-    failed = [name for name, record in records.items() if "error" in record]
-    print(f"\n{len(records) - len(failed)} of {len(records)} stages ok in {time.perf_counter() - start:.0f} s"
-          + (f"; failed: {', '.join(failed)} (see {config.out}/stages/)" if failed else ""))
-    print(f"wrote {config.out}/REPORT.md")
+    runs = records if config.seeds > 1 else {config.seed: records}
+    failed = [f"seed {seed} {name}" for seed, stages in runs.items() for name, record in stages.items()
+              if "error" in record]
+    total = sum(len(stages) for stages in runs.values())
+    print(f"\n{total - len(failed)} of {total} stages ok in {time.perf_counter() - start:.0f} s"
+          + (f"; failed: {', '.join(failed)} (see the stages/ records)" if failed else ""))
+    print(f"wrote {config.out}/" + ("SEEDS.md and seeds.csv" if config.seeds > 1 else "REPORT.md"))
     return 1 if failed else 0
 
 
@@ -388,7 +390,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     decode.set_defaults(func=_decode)
 
     train = sub.add_parser("train", help="two-stage Memento SFT on a synthetic task (torchrun-ready)")
-    train.add_argument("--preset", default="fast", help="smoke, fast or paper")
+    train.add_argument("--preset", default="fast", help="smoke, fast, fast-v1 (the recipe before issue 21: "
+                       "docs/training.md) or paper (TRAIN_PRESETS)")
     train.add_argument("--out", required=True, help="run folder, e.g. runs/digits-fast")
     train.add_argument("--stages", default="1,2", help="'1,2' (default), '2' (memento mask only) or '1'")
     train.add_argument("--stage1-steps", type=int)

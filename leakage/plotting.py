@@ -380,3 +380,28 @@ def plot_rl(metrics: list[dict], rows, path: str | Path, title: str = "") -> Pat
     ax.set_title("(c) implicit channel before/after")
     fig.suptitle(title)
     return save_figure(fig, path)
+
+
+@styled()
+def plot_probe_budget(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """Probe accuracy against its training budget for each condition (left) and the bits each condition's
+    features save the MDL code per passcode (right): the leak with and without a probe budget."""
+    curves = [r for r in rows if r["condition"] == "curve"]
+    bits = [r for r in rows if r["condition"] == "bits"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
+    names = list(dict.fromkeys(r["of"] for r in curves))
+    colors = sns.color_palette("tab20", max(len(names), 1))
+    for name, color in zip(names, colors):
+        _curve(left, [(r["budget"], r) for r in curves if r["of"] == name], name, color)
+    left.set_xscale("log")
+    _finish(left, "probe-training traces (budget)", "accuracy by probe budget")
+    if bits:
+        order = sorted(bits, key=lambda r: -r["bits_leaked"])
+        right.barh([r["of"] for r in order], [r["bits_leaked"] for r in order], color="tab:blue")
+        right.axvline(0, color="grey", lw=1)
+        right.set_xlabel(f"bits leaked per passcode (uniform code {order[0]['uniform_bits_per_passcode']:.1f} bits)")
+        right.invert_yaxis()
+        right.set_title("MDL: uniform minus online code length", fontsize=9)
+    fig.suptitle(title, y=1.02, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -6,7 +6,7 @@ restart ablation, the probes and the causal experiments. Stages, in order:
 
     train     two-stage SFT (reused when `runs_dir` holds a run of the same config; resumed if stopped)
     evaluate  running-sum and passcode accuracy under memento, restart and full-attention decoding
-    kv        the KV cache while the model writes a trace itself, vanilla vs memento (peak, AUC)
+    kv        the KV cache while the model writes a trace (its sums, mementos, answer), vanilla vs memento (peak, AUC)
     probe     the passcode probe: direct, masked, causal control, control task, restart KV, random init
     restart   the restart ablation with the memento text held identical (running sums and answer)
     patch     KV patching maps (layer x KV head, layer x position kind)
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
@@ -35,19 +34,8 @@ from typing import Callable
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.io import atomic_write_json, atomic_write_text
+from leakage.report import claims, machine, read_seeds, report_text, seeds_table, seeds_text
 from leakage.training.tasks import TaskConfig
-
-PAPER = {  # facts: ../shared/reference/memento-facts.md
-    "toy_task_accuracy": 0.95,  # 4 layers, d_model 128, 10 blocks of 5 digits
-    "toy_probe_masked_d1": 0.249,  # passcode probe on the toy model, all layers
-    "toy_probe_masked_d2": 0.214,
-    "qwen3_8b_probe_direct": 0.652,
-    "qwen3_8b_probe_masked": 0.267,
-    "qwen3_8b_restart_drop_pp": -15.3,  # AIME24, 66.1% normal vs 50.8% restart
-    "peak_kv_reduction": "2-3x",
-    "kv_auc_reduction": "2-3.5x",
-}
-
 
 @dataclass(frozen=True)
 class ReproducePlan:
@@ -86,6 +74,9 @@ class ReproduceConfig:
     extras: also run the expensive stages (erase, restart-trained control) at this preset.
     seed: training, example and probe seed.
     overwrite: replace what a reproduce of another preset, seed or extras wrote in --out (only its files).
+    seeds: train and measure this many models (seeds seed, seed+1, ...), each in --out/seed{S}/, then
+        SEEDS.md and seeds.csv across them.
+    seed_ranges: the committed multi-seed table a single run's REPORT.md compares itself with.
     """
 
     preset: str = "fast"
@@ -94,15 +85,19 @@ class ReproduceConfig:
     extras: bool = False
     seed: int = 0
     overwrite: bool = False
+    seeds: int = 1
+    seed_ranges: str = "figures/seeds/seeds.csv"
 
     def __post_init__(self):
         if self.preset not in PLANS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PLANS)}")
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
 
     @property
     def owner(self) -> dict:
         """What the results in `out` are of: the settings a rerun into the same folder must share."""
-        return {"preset": self.preset, "seed": self.seed, "extras": self.extras}
+        return {"preset": self.preset, "seed": self.seed, "extras": self.extras, "seeds": self.seeds}
 
     @property
     def plan(self) -> ReproducePlan:
@@ -177,7 +172,7 @@ def stage_train(ctx: Context) -> dict:
                          title=f"two-stage Memento SFT ({config.plan.train} preset)")
     return {"checkpoint": str(ctx.checkpoint), "seconds_here": time.perf_counter() - start,
             "train_wall_seconds": sum(s.get("wall_seconds") or 0 for s in run.stage_records().values()),
-            "files": ["training.csv", "training.png"]}
+            "machine": machine(), "files": ["training.csv", "training.png"]}
 
 
 EVALUATIONS = (("sums_teacher_forced", "sums", "teacher_forced"), ("sums_free_running", "sums", "free_running"),
@@ -195,21 +190,25 @@ def stage_evaluate(ctx: Context) -> dict:
 
 
 def stage_kv(ctx: Context) -> dict:
-    from leakage.engine.decode import generate
+    from leakage.engine.decode import Decoder, force_policy
     from leakage.engine.model import load_model
     from leakage.memento.kv import simulate_kv
     from leakage.plotting import plot_kv_sawtooth
+    from leakage.training.evaluate import model_written
     from leakage.training.tasks import make_example
 
     model, tokenizer = load_model(ctx.model)
     example = make_example(ctx.config.task, tokenizer, ctx.config.seed + 2, 0, "val")
-    prompt = example.ids[:example.prompt_len + 1]  # the question and <think>: the model writes the rest
-    out = generate(model, tokenizer, prompt, EvictionConfig(), max_new_tokens=len(example.ids) + 40).sequences[0]
+    # the block digits and passcode are the task's random inputs, given as in the free-running evaluation (the
+    # model is not trained to draw them); the model writes every sum, memento and the answer
+    own = model_written(example)
+    decoder = Decoder(model, tokenizer, EvictionConfig(), [example.ids[:example.prompt_len]])
+    out = decoder.run(force_policy([example.ids], lambda row, position: position in own))[0]
     fed = out.ids[:len(out.kv.cached_tokens)]
     vanilla = simulate_kv(fed, tokenizer, EVICTION_PRESETS["vanilla"], prompt_len=out.prompt_len,
                           plain_prompt=False, strict=False)
     plot_kv_sawtooth({"vanilla": vanilla, "memento": out.kv}, ctx.path("kv_sawtooth.png"),
-                     title="KV cache while the trained model writes a trace")
+                     title="KV cache while the trained model writes a trace (block digits given)")
     return {"generated_tokens": len(out.response), "malformed_markers": len(out.malformed),
             "vanilla_peak": vanilla.peak, "memento_peak": out.kv.peak, "peak_ratio": vanilla.peak / out.kv.peak,
             "vanilla_auc": vanilla.auc, "memento_auc": out.kv.auc, "auc_ratio": vanilla.auc / out.kv.auc,
@@ -222,13 +221,18 @@ PROBED = {"direct": ("direct", 0, "all"), "masked_d1": ("masked", 1, "all"), "ma
 """The probe rows the report quotes: name -> (condition, distance, layer)."""
 
 
+BITS_OF = ("direct", "masked_d1", "masked_d2", "control_task", "restart_kv")
+"""The probe conditions whose MDL code length (bits leaked per passcode) the main job measures."""
+
+
 def stage_probe(ctx: Context) -> dict:
     from leakage.analysis import probing
     from leakage.analysis.probe import probe_preset
 
     plan, seed = ctx.config.plan, ctx.config.seed
     experiment = probing.ProbeExperiment(n_blocks=plan.n_blocks, passcode_block=1, per_layer=plan.extras, mdl=False,
-                                         precision=False, max_keep=0, checkpoints=0, seed=seed)
+                                         precision=False, spectrum=plan.extras, late_timing=plan.extras, max_keep=0,
+                                         checkpoints=0, seed=seed, bits=True, curve_conditions=BITS_OF)
     spec = probing.ProbeSpec(ctx.model, task="passcode", n=plan.probe_traces, trace_seed=seed, experiment=experiment,
                              probe=probe_preset(plan.probe))
     record = probing.run(spec, ctx.path("probe"), command=ctx.command)
@@ -238,9 +242,14 @@ def stage_probe(ctx: Context) -> dict:
     for name, (condition, distance, layer) in PROBED.items():
         match = engine[(engine.condition == condition) & (engine.distance == distance) & (engine.layer == layer)]
         if len(match):
-            found[name] = {k: float(match.iloc[0][k]) for k in ("accuracy", "ci95_low", "ci95_high")}
+            found[name] = {**{k: float(match.iloc[0][k]) for k in ("accuracy", "ci95_low", "ci95_high")},
+                           "n_train": int(match.iloc[0]["n_train"])}
+    bits = rows[rows.condition == "bits"] if "bits_leaked" in rows.columns else rows.iloc[:0]
+    found["bits"] = {r["of"]: {"bits_leaked": float(r["bits_leaked"]), "bits_per_passcode": float(r["bits_per_passcode"]),
+                              "uniform_bits_per_passcode": float(r["uniform_bits_per_passcode"]), "rows": int(r["mdl_rows"])}
+                     for _, r in bits.iterrows()}
     return {**found, "traces": plan.probe_traces, "probe": spec.probe.kind,
-            "files": ["probe.csv", "probe.json", "probe_conditions.png", "probe_layers.png", "probe_sweeps.png"]}
+            "files": [Path(f).name for f in record.files]}
 
 
 def stage_restart(ctx: Context) -> dict:
@@ -298,7 +307,7 @@ EXTRAS = ("erase", "control")
 
 
 STAGE_CODE = {"train": ("leakage.training.train",), "evaluate": ("leakage.analysis.evaluation",),
-              "kv": ("leakage.engine.decode", "leakage.memento.kv", "leakage.training.tasks", "leakage.plotting"),
+              "kv": ("leakage.engine.decode", "leakage.memento.kv", "leakage.training.evaluate", "leakage.plotting"),
               "probe": ("leakage.analysis.probing",), "restart": ("leakage.analysis.restart",),
               "patch": ("leakage.analysis.patch_maps",), "ablate": ("leakage.analysis.ablation",),
               "erase": ("leakage.analysis.erasure",),
@@ -361,9 +370,12 @@ def _still_trained(ctx: Context, old: dict) -> bool:
 
 def reproduce(config: ReproduceConfig, progress: Callable | None = None,
               log: Callable[[str], None] = lambda _: None) -> dict:
-    """Run every stage of the plan (skipping those already done with the same key); write REPORT.md.
+    """Run every stage of the plan (skipping those already done with the same key); write REPORT.md. With
+    `config.seeds` > 1, one such run per seed, then the tables across seeds (`reproduce_seeds`).
 
-    `progress(iterable, desc)` wraps the stage loop (tqdm). Returns {stage: record}."""
+    `progress(iterable, desc)` wraps the stage loop (tqdm). Returns {stage: record} ({seed: {stage: record}})."""
+    if config.seeds > 1:
+        return reproduce_seeds(config, progress, log)
     out = claim(config)
     ctx = Context(config, out)
     names = [n for n in STAGES if n not in EXTRAS or config.plan.extras]
@@ -397,98 +409,28 @@ def reproduce(config: ReproduceConfig, progress: Callable | None = None,
     return records
 
 
-# -- the report --------------------------------------------------------------------------------------------
-
-def _ci(value: dict | None, scale: float = 100) -> str:
-    if not value:
-        return "not measured"
-    return f"{scale * value['accuracy']:.1f}% [{scale * value['ci95_low']:.1f}, {scale * value['ci95_high']:.1f}]"
-
-
-def report_text(config: ReproduceConfig, records: dict) -> str:
-    """REPORT.md: the paper's numbers beside ours, then what the paper did not measure."""
-    r = {name: rec.get("results", {}) for name, rec in records.items()}
-    ev, probe, restart, kv = r.get("evaluate", {}), r.get("probe", {}), r.get("restart", {}), r.get("kv", {})
-    command = f"leakage reproduce --preset {config.preset} --out {config.out}" + (" --extras" if config.extras else "")
-    lines = [f"# Memento leakage: `{config.preset}` reproduction", "",
-             f"Made by `{command}` ({platform.processor() or platform.machine()}); every number links to the "
-             "file it came from (stage records: `stages/`). Model: a 4-layer Qwen3-architecture "
-             f"transformer trained from scratch ({config.plan.train} preset) on the passcode task, "
-             f"{config.plan.n_blocks} blocks of 5 digits with running-sum mementos and a 5-digit passcode in block 1 "
-             "that enters no memento.", "",
-             "## The paper's results at toy scale", "",
-             "| result | paper | ours [95% CI] | from |", "|---|---|---|---|",
-             f"| task accuracy, running sums (teacher-forced, memento decoding) | {PAPER['toy_task_accuracy']:.0%} (toy, 10 blocks) "
-             f"| {_ci(ev.get('memento/sums_teacher_forced'))} | stages/evaluate.json |",
-             f"| probe, memento after eviction (masked d=1) | {PAPER['toy_probe_masked_d1']:.1%} (toy) "
-             f"| {_ci(probe.get('masked_d1'))} | probe.csv |",
-             f"| probe, masked d=2 | {PAPER['toy_probe_masked_d2']:.1%} (toy) | {_ci(probe.get('masked_d2'))} | probe.csv |",
-             f"| probe, memento that saw the passcode (direct) | {PAPER['qwen3_8b_probe_direct']:.1%} (Qwen3-8B) "
-             f"| {_ci(probe.get('direct'))} | probe.csv |"]
-    sums = restart.get("sums")
-    if sums:
-        lo, hi = sums["drop_ci95"]
-        lines.append(f"| restart ablation drop | {PAPER['qwen3_8b_restart_drop_pp']} points (Qwen3-8B, AIME24) "
-                     f"| {-100 * sums['drop']:+.1f} points [{-100 * hi:+.1f}, {-100 * lo:+.1f}] (running sums, "
-                     f"memento text identical; McNemar p = {sums['mcnemar_p']:.2g}) | restart.json |")
-    if kv:
-        lines.append(f"| peak KV reduction | {PAPER['peak_kv_reduction']} | {kv['peak_ratio']:.2f}x "
-                     f"({kv['vanilla_peak']} -> {kv['memento_peak']} tokens) | kv_sawtooth.png |")
-        lines.append(f"| KV AUC reduction | {PAPER['kv_auc_reduction']} | {kv['auc_ratio']:.2f}x | kv_sawtooth.png |")
-    lines += ["", "## Beyond the paper", ""]
-    if probe:
-        lines.append(f"* Probe controls: causal control (block 0's memento) {_ci(probe.get('causal_control'))}, "
-                     f"restart KV {_ci(probe.get('restart_kv'))}, control task {_ci(probe.get('control_task'))}, "
-                     f"same architecture untrained {_ci(probe.get('random_init'))} (chance 10%; probe.csv, probe_conditions.png).")
-    if ev:
-        lines.append(f"* Passcode answer digits: memento {_ci(ev.get('memento/passcode_answer'))}, restart "
-                     f"{_ci(ev.get('restart/passcode_answer'))}, full attention {_ci(ev.get('full_attention/passcode_answer'))} "
-                     "(chance 10%: no memento text carries it; stages/evaluate.json).")
-    patch = r.get("patch")
-    if patch and patch["top_layer_head"]["effect"] is None:
-        lines.append("* KV patching: the twin's cache does not move the answer's logit difference at all, so no "
-                     "layer x head's share of it is defined (patch.csv).")
-    elif patch:
-        top = patch["top_layer_head"]
-        lines.append(f"* KV patching (twin passcode, identical mementos; 0 = clean, 1 = twin's cache): layer "
-                     f"{top['layer']} KV head {top['kv_head']} carries {top['effect']:.2f} [{top['effect_low']:.2f}, "
-                     f"{top['effect_high']:.2f}] of the effect, the next layer x head {patch['second_effect']:.2f} "
-                     "(patch.csv, patch.png).")
-    ablate = r.get("ablate")
-    shared = {k: v for k, v in (ablate or {}).get("by_layer", {}).items()
-              if k.startswith("restart/") and not k.endswith("/all") and v["restart_share"] is not None}
-    if ablate and not shared:
-        lines.append(f"* KV ablation: answer digits {100 * ablate['clean']:.1f}% clean, and the restart KV of every "
-                     "layer at once does not lower them: there is no restart drop for a layer to explain (ablate.csv).")
-    elif ablate:
-        best = max(shared.values(), key=lambda v: v["restart_share"])
-        layer = next(k for k, v in ablate["by_layer"].items() if v is best).split("/")[1]
-        lines.append(f"* KV ablation: answer digits {100 * ablate['clean']:.1f}% clean; splicing in the restart KV of "
-                     f"layer {layer} alone gives {_ci(best)}, {100 * best['restart_share']:.0f}% of the all-layer "
-                     "restart drop (ablate.csv, ablate.png).")
-    erase = r.get("erase")
-    if erase:
-        lines.append(f"* LEACE on the retained KV: probe {100 * erase['leace']['probe_accuracy']:.1f}%, answer "
-                     f"{100 * erase['leace']['answer_accuracy']:.1f}%; a random subspace of the same rank: probe "
-                     f"{100 * erase['random']['probe_accuracy']:.1f}%, answer {100 * erase['random']['answer_accuracy']:.1f}% "
-                     "(erase.csv, erase.png).")
-    control = r.get("control")
-    if control:
-        lines.append(f"* Restart-trained control under restart decoding: running sums "
-                     f"{_ci(control.get('restart/sums_free_running'))} free-running, "
-                     f"{_ci(control.get('restart/sums_teacher_forced'))} teacher-forced, against the memento "
-                     f"model's {_ci(ev.get('memento/sums_free_running'))} free-running under memento decoding.")
-    lines += ["", "## Stages", "", "| stage | seconds | status | files |", "|---|---|---|---|"]
-    for name, rec in records.items():
-        status = "failed: " + rec["error"].splitlines()[0] if "error" in rec else "ok"
-        lines.append(f"| {name} | {rec.get('seconds', 0):.0f} | {status} | {', '.join(rec.get('files', []))} |")
-    total = sum(rec.get("seconds", 0) for rec in records.values())
-    lines += ["", f"Total {total:.0f} s in this run's stages (stages skipped as done count the time they took "
-              "when they ran). `docs/results.md` has the full-size experiments behind each line."]
-    return "\n".join(lines) + "\n"
+def reproduce_seeds(config: ReproduceConfig, progress: Callable | None = None,
+                    log: Callable[[str], None] = lambda _: None) -> dict:
+    """The main job for seeds config.seed .. config.seed + seeds - 1, each in `out/seed{S}/`, then `seeds.csv`
+    (per-seed claims, median, range, the interval of the mean over seeds) and `SEEDS.md` in `out`."""
+    out = claim(config)
+    per_seed, all_records = {}, {}
+    for seed in range(config.seed, config.seed + config.seeds):
+        log(f"== seed {seed}")
+        one = replace(config, seed=seed, seeds=1, out=str(out / f"seed{seed}"), overwrite=False, seed_ranges="")
+        all_records[seed] = reproduce(one, progress, log)
+        per_seed[seed] = claims(all_records[seed])
+    table = seeds_table(per_seed)
+    atomic_write_text(out / "seeds.csv", table.to_csv(index=False))
+    command = (f"leakage reproduce --preset {config.preset} --seeds {config.seeds} --seed {config.seed} --out "
+               f"{config.out}" + (" --extras" if config.extras else ""))
+    seconds = sum(rec.get("seconds", 0) for records in all_records.values() for rec in records.values())
+    atomic_write_text(out / "SEEDS.md", seeds_text(per_seed, table, command, seconds))
+    return all_records
 
 
 def write_report(config: ReproduceConfig, records: dict) -> Path:
+    """REPORT.md of this run, beside the committed seed range (`config.seed_ranges`) when there is one."""
     path = Path(config.out) / "REPORT.md"
-    atomic_write_text(path, report_text(config, records))
+    atomic_write_text(path, report_text(config, records, read_seeds(config.seed_ranges)))
     return path

@@ -10,6 +10,7 @@
 * `cluster_bootstrap_mean(scores, clusters)`: the interval of a mean score when rows come in clusters
   (digits of one trace, units of one example): clusters are resampled, and each resample's statistic is
   its total score over its total count.
+* `mean_interval(values)`: the t interval of a mean over independent units (training seeds).
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def resample(n: int, n_resamples: int, seed: int) -> np.ndarray:
         raise ValueError(f"the bootstrap needs at least one unit and one resample, got n={n}, "
                          f"n_resamples={n_resamples}")
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def mean_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """The t interval of the mean of independent values (e.g. one per training seed); NaN for fewer than 2."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    sem = stats.sem(values)
+    if sem == 0:
+        return float(values.mean()), float(values.mean())
+    low, high = stats.t.interval(confidence, len(values) - 1, loc=values.mean(), scale=sem)
+    return float(low), float(high)
 
 
 def percentile_interval(values: np.ndarray) -> tuple[float, float]:

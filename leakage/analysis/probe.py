@@ -131,6 +131,7 @@ class ProbeResult:
     seed: int
     predictions: np.ndarray = field(repr=False, default=None)  # (n_val, D) predicted digits
     val_rows: np.ndarray = field(repr=False, default=None)  # indices of the validation rows
+    probe: nn.Module = field(repr=False, default=None)  # the fitted probe: whitening buffers and weights
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "accuracy": self.accuracy, "ci95_low": self.ci95[0], "ci95_high": self.ci95[1],
@@ -278,11 +279,29 @@ def _loss(logits_of, x: torch.Tensor, y: torch.Tensor, reduction: str = "mean") 
     return float(nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES), y.reshape(-1), reduction=reduction))
 
 
-def fit_probe(features, labels, groups, config: ProbeConfig = ProbeConfig(), seed: int = 0) -> ProbeResult:
+def training_subset(rest: np.ndarray, groups, budget: int, seed: int) -> np.ndarray:
+    """`budget` rows of the training part `rest`, taken group by group in a seeded random order of groups (a
+    smaller budget's rows are a subset of a larger one's); raises when the part holds fewer rows."""
+    if budget > len(rest):
+        raise ValueError(f"a probe budget of {budget} training traces needs more: the training part holds {len(rest)}")
+    groups = np.asarray(groups)[rest]
+    unique = np.unique(groups)
+    order = np.random.default_rng([seed, 2]).permutation(len(unique))
+    rank = np.empty(len(unique), dtype=int)
+    rank[order] = np.arange(len(unique))
+    by_rank = np.argsort(rank[np.searchsorted(unique, groups)], kind="stable")
+    return np.sort(rest[by_rank[:budget]])
+
+
+def fit_probe(features, labels, groups, config: ProbeConfig = ProbeConfig(), seed: int = 0,
+              budget: int | None = None) -> ProbeResult:
     """Train a probe (`config`: its kind and training) on a label-unique split and score it on validation
-    (module docstring)."""
+    (module docstring). `budget`: train (and early-stop) on only this many traces of the training part,
+    the validation part unchanged, for a learning curve."""
     features, labels, groups = _check(features, labels, groups)
     rest, val_rows = split_groups(groups, config.val_fraction, seed)
+    if budget is not None:
+        rest = training_subset(rest, groups, budget, seed)
     held_out = len(np.unique(np.asarray(groups[val_rows])))
     if held_out < MIN_VALIDATION_GROUPS:
         raise ValueError(f"{held_out} validation passcodes ({len(features)} rows, {len(np.unique(np.asarray(groups)))} "
@@ -301,7 +320,7 @@ def fit_probe(features, labels, groups, config: ProbeConfig = ProbeConfig(), see
                        loss=float(nn.functional.cross_entropy(logits.reshape(-1, N_CLASSES),
                                                               labels[val_rows].reshape(-1))),
                        epochs=epochs, n_train=len(fit_rows), n_early_stop=len(stop_rows), n_val=len(val_rows),
-                       seed=seed, predictions=predictions, val_rows=val_rows)
+                       seed=seed, predictions=predictions, val_rows=val_rows, probe=probe)
 
 
 def control_labels(groups, n_digits: int, seed: int = 0) -> torch.Tensor:
@@ -331,14 +350,27 @@ class MDLResult:
     uniform_bits: float
     portions: list[float]
     block_bits: list[float]
+    rows: int = 0  # label sets (passcodes) transmitted
 
     @property
     def compression(self) -> float:
         return self.uniform_bits / self.online_bits
 
+    @property
+    def bits_per_passcode(self) -> float:
+        """Online code length of one row's labels (a passcode: D digits), in bits."""
+        return self.online_bits / self.rows
+
+    @property
+    def bits_leaked(self) -> float:
+        """Uniform minus online bits per passcode: what the features save the code, a budget-free leak measure
+        (log2 10 per digit at most; about 0 when the features carry nothing)."""
+        return (self.uniform_bits - self.online_bits) / self.rows
+
     def as_dict(self) -> dict:
         return {"online_bits": self.online_bits, "uniform_bits": self.uniform_bits, "compression": self.compression,
-                "portions": self.portions, "block_bits": self.block_bits}
+                "portions": self.portions, "block_bits": self.block_bits, "rows": self.rows,
+                "bits_per_passcode": self.bits_per_passcode, "bits_leaked": self.bits_leaked}
 
 
 MDL_PORTIONS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.0625, 0.125, 0.25, 0.5, 1.0)
@@ -374,4 +406,4 @@ def mdl_codelength(features, labels, groups, config: ProbeConfig = ProbeConfig()
         else:  # too few rows to hold any out: the uniform code
             block_bits.append(uniform_block)
     return MDLResult(online_bits=float(sum(block_bits)), uniform_bits=uniform,
-                     portions=[c / n for c in cuts], block_bits=block_bits)
+                     portions=[c / n for c in cuts], block_bits=block_bits, rows=n)

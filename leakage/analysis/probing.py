@@ -73,10 +73,16 @@ class ProbeExperiment:
     per_layer: also fit every layer alone (direct and masked d=1).
     mdl: also measure the online codelength (MDL) of the masked d=1 task and of its control task.
     precision: also capture with the model in bfloat16 (the engine's precision).
+    spectrum: also the leak spectrum of masked d=1 (whitened probes only): the probe as whitening's cutoff rises.
+    late_timing: also capture under the `summary_end_sees_block` timing (position:summary_end and masked d=1).
     max_keep: the keep_last_n_blocks sweep runs 1 .. max_keep (0: no sweep).
     checkpoints: training checkpoints between step 0 and the final model in the checkpoint sweep
         (0: no sweep; needs the checkpoint's `leakage train` run folder).
     seed: probe seed (splits and initialisation).
+    budgets: probe-training trace counts of the learning curves of every curve condition (none: no curves).
+    bits: also the MDL online code length of every curve condition, in bits per passcode.
+    curve_conditions: the conditions that get curves and bits (empty: every one of them: causal_control,
+        direct, masked_d1..4, position:*, control_task, shuffled_labels, restart_kv, random_init).
     """
 
     n_blocks: int = 10
@@ -85,9 +91,14 @@ class ProbeExperiment:
     per_layer: bool = True
     mdl: bool = True
     precision: bool = True
+    spectrum: bool = True
+    late_timing: bool = True
     max_keep: int = 2
     checkpoints: int = 4
     seed: int = 0
+    budgets: tuple[int, ...] = ()
+    bits: bool = False
+    curve_conditions: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 0 <= self.passcode_block < self.n_blocks - 1:
@@ -120,11 +131,41 @@ class _Prober:
         self.experiment = experiment
         self.probe = probe
 
-    def fit(self, dataset: KVDataset, site: str, layers=None, labels=None, features=None, probe=None):
+    def fit(self, dataset: KVDataset, site: str, layers=None, labels=None, features=None, probe=None, budget=None):
         if features is None:
             features = dataset.features(site, layers, self.experiment.pooling)
         return fit_probe(features, dataset.labels if labels is None else labels, dataset.groups,
-                         probe or self.probe, self.experiment.seed)
+                         probe or self.probe, self.experiment.seed, budget)
+
+    def curves(self, name: str, dataset: KVDataset, part: str, d: int, labels=None, log: Log = lambda _: None,
+               **extra) -> list[dict]:
+        """Rows `curve` (the probe at each of the experiment's budgets) and `bits` (the MDL code length per
+        passcode) of one condition: `name`, at `part` of block passcode_block + d, with `labels` (default the
+        passcode)."""
+        experiment, k = self.experiment, self.experiment.passcode_block
+        if experiment.curve_conditions and name not in experiment.curve_conditions:
+            return []
+        site = site_name(part, d)
+        labels = dataset.labels if labels is None else labels
+        common = {"of": name, "distance": d, "site": f"{part}@{k + d}", "layer": "all", **extra}
+        rows = []
+        for budget in experiment.budgets:
+            try:
+                result = self.fit(dataset, site, labels=labels, budget=budget)
+            except ValueError as err:
+                log(f"  {name}: budget {budget} skipped ({err})")
+                continue
+            rows.append({"condition": "curve", "budget": budget, **common, **result.as_dict()})
+        if experiment.bits:
+            mdl = mdl_codelength(dataset.features(site, None, experiment.pooling), labels, dataset.groups, self.probe,
+                                 experiment.seed)
+            rows.append({"condition": "bits", **common, "bits_per_passcode": mdl.bits_per_passcode,
+                         "uniform_bits_per_passcode": mdl.uniform_bits / mdl.rows, "bits_leaked": mdl.bits_leaked,
+                         "mdl_rows": mdl.rows})
+        if rows:
+            log(f"  {name}: " + ", ".join(f"{r['budget']}: {r['accuracy']:.3f}" for r in rows if "budget" in r)
+                + (f"; {rows[-1]['bits_leaked']:.2f} bits leaked per passcode" if experiment.bits else ""))
+        return rows
 
     def row(self, condition: str, dataset: KVDataset, part: str, d: int, layers=None, **extra) -> dict:
         result = self.fit(dataset, site_name(part, d), layers)
@@ -172,31 +213,43 @@ def probe_conditions(model, tokenizer, traces: list[ProbeTrace], experiment: Pro
     rows.append(_row("text_only", text, distance=1, site=f"memento@{k + 1}"))
     for part in POSITION_KINDS:
         rows.append(prober.row(f"position:{part}", main, part, 0, timing="engine"))
-    if prober.probe.whiten:
+    if prober.probe.whiten and experiment.spectrum:
         rows += leak_spectrum(prober, main, masked, "float32", task)
+    if experiment.budgets or experiment.bits:
+        log("learning curves and code lengths")
+        for d in [d for d in distances if d <= 4]:
+            rows += prober.curves("causal_control" if d < 0 else "direct" if d == 0 else f"masked_d{d}", main,
+                                  "memento", d, log=log)
+        for part in POSITION_KINDS:
+            rows += prober.curves(f"position:{part}", main, part, 0, log=log)
+        rows += prober.curves("control_task", main, "memento", 1, labels=controls, log=log)
+        rows += prober.curves("shuffled_labels", main, "memento", 1, labels=shuffled, log=log)
     del main
 
-    log("capturing with the summary_end_sees_block timing")
-    late = capture_dataset(model, tokenizer, traces, replace(eviction, summary_end_sees_block=True),
-                           [("summary_end", 0), ("memento", 1)])
-    rows.append(prober.row("position:summary_end", late, "summary_end", 0, timing="summary_end_sees_block"))
-    rows.append(prober.row("masked", late, "memento", 1, timing="summary_end_sees_block"))
+    if experiment.late_timing:
+        log("capturing with the summary_end_sees_block timing")
+        late = capture_dataset(model, tokenizer, traces, replace(eviction, summary_end_sees_block=True),
+                               [("summary_end", 0), ("memento", 1)])
+        rows.append(prober.row("position:summary_end", late, "summary_end", 0, timing="summary_end_sees_block"))
+        rows.append(prober.row("masked", late, "memento", 1, timing="summary_end_sees_block"))
     log("capturing restart KV")
     restart = capture_dataset(model, tokenizer, traces, replace(eviction, restart=True), [("memento", 0), ("memento", 1)])
     rows.append(prober.row("restart_kv", restart, "memento", 1))
     rows.append(prober.row("restart_kv_direct", restart, "memento", 0))
+    rows += prober.curves("restart_kv", restart, "memento", 1, log=log)
     if random_model is not None:
         log("capturing the untrained model")
         untrained = capture_dataset(random_model, tokenizer, traces, eviction, [("memento", 0), ("memento", 1)])
         rows.append(prober.row("random_init", untrained, "memento", 1))
         rows.append(prober.row("random_init_direct", untrained, "memento", 0))
+        rows += prober.curves("random_init", untrained, "memento", 1, log=log)
     if experiment.precision:
         log("capturing in bfloat16")
         half = capture_dataset(copy.deepcopy(model).to(torch.bfloat16), tokenizer, traces, eviction,
                                [("memento", 0), ("memento", 1)])
         rows.append(prober.row("bf16", half, "memento", 1, dtype="bfloat16"))
         rows.append(prober.row("bf16_direct", half, "memento", 0, dtype="bfloat16"))
-        if prober.probe.whiten:
+        if prober.probe.whiten and experiment.spectrum:
             rows += leak_spectrum(prober, half, masked, "bfloat16", rows[-2])
     return rows
 
@@ -354,7 +407,7 @@ class ProbeSpec:
 
 MIN_TRACES = 20
 """The fewest traces a probe run takes: a fifth of them validate, and an interval needs a few passcodes."""
-FILES = (".csv", ".json", "_conditions.png", "_layers.png", "_sweeps.png")
+FILES = (".csv", ".json", "_conditions.png", "_layers.png", "_sweeps.png", "_budget.png")
 """What `run(spec, out)` writes beside the stem `out`."""
 
 
@@ -392,10 +445,14 @@ def run(spec: ProbeSpec, out: str | Path | None = None, *, command: str | None =
 
 def figures(record: Record, stem: Path) -> list[Path]:
     """Fig. 10 (conditions), Table 4 (layers) and the sweeps panel of a probe record."""
-    from leakage.plotting import plot_probe_conditions, plot_probe_layers, plot_probe_sweeps, probe_rows
+    from leakage.plotting import (plot_probe_budget, plot_probe_conditions, plot_probe_layers, plot_probe_sweeps,
+                                  probe_rows)
 
     spec, rows = record.spec, probe_rows(record.rows)
     title = f"passcode probe ({spec.probe.kind}), {spec.checkpoint}, {record.results['n_traces']:,} traces"
-    return [plot_probe_conditions(rows, beside(stem, "_conditions.png"), title=title),
-            plot_probe_layers(rows, beside(stem, "_layers.png"), title=title),
-            plot_probe_sweeps(rows, beside(stem, "_sweeps.png"), title=title)]
+    drawn = [plot_probe_conditions(rows, beside(stem, "_conditions.png"), title=title),
+             plot_probe_layers(rows, beside(stem, "_layers.png"), title=title),
+             plot_probe_sweeps(rows, beside(stem, "_sweeps.png"), title=title)]
+    if any(r["condition"] in ("curve", "bits") for r in rows):
+        drawn.append(plot_probe_budget(rows, beside(stem, "_budget.png"), title=title))
+    return drawn

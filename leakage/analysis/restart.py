@@ -1,8 +1,9 @@
 """The restart ablation (the paper's Table 3) with the memento text held identical.
 
     result = restart_ablation(model, tokenizer, examples, "sums")
-    result.memento, result.restart      # Accuracy (Wilson intervals) over the scored units
-    result.table                        # 2 x 2 paired counts; result.mcnemar_p: exact McNemar test
+    result.memento, result.restart      # Accuracy of the scored units, intervals over examples
+    result.examples_table               # examples where memento / restart decoding did better, or tied
+    result.sign_test_p                  # exact sign test over examples
 
 1. The normal run: eviction decoding in which the model writes its own running sums, mementos and
    answer (the free-running evaluation of `leakage.training.evaluate`; block digits and the passcode are
@@ -12,9 +13,11 @@
    the model chooses again. The mementos are therefore the normal run's text, token for token; only
    their KV differs, which is what the ablation means to remove.
 Scored units (`leakage.training.tasks.UNITS`): the running sum of each block (`sums`) or each answer
-digit (`answer_digits`); a task's default is its headline unit. Units are paired (the same unit in both
-runs); McNemar's exact test uses the discordant pairs. Units of one example are not independent, so the
-difference also gets a bootstrap interval that resamples examples.
+digit (`answer_digits`); a task's default is its headline unit. The unit of independence is the example
+(its units share one passcode, one trace): each example's accuracy under the two runs is paired, the test
+is the exact sign test over examples (those where memento decoding scored higher against those where
+restart did; McNemar's test when an example is one unit), and the drop's interval is a bootstrap that
+resamples examples. The unit-level 2 x 2 table is kept as a description, not as a test.
 
 `run(RestartSpec(checkpoint=...))` is `leakage restart`.
 """
@@ -49,11 +52,11 @@ class RestartAblation:
 
     @property
     def memento(self) -> Accuracy:
-        return Accuracy(int(self.normal_correct.sum()), len(self.normal_correct))
+        return Accuracy(self.normal_correct, self.example)
 
     @property
     def restart(self) -> Accuracy:
-        return Accuracy(int(self.restart_correct.sum()), len(self.restart_correct))
+        return Accuracy(self.restart_correct, self.example)
 
     @property
     def table(self) -> dict[str, int]:
@@ -63,9 +66,18 @@ class RestartAblation:
                 "restart_only": int((~n & r).sum()), "neither": int((~n & ~r).sum())}
 
     @property
-    def mcnemar_p(self) -> float:
-        """Exact two-sided McNemar test on the discordant pairs (`leakage.stats.mcnemar_exact`)."""
-        return mcnemar_exact(self.table["memento_only"], self.table["restart_only"])
+    def examples_table(self) -> dict[str, int]:
+        """Examples whose units memento decoding got more of right, those restart decoding did, and ties."""
+        ids, inverse = np.unique(self.example, return_inverse=True)
+        delta = np.bincount(inverse, self.normal_correct.astype(float) - self.restart_correct.astype(float))
+        return {"memento_better": int((delta > 0).sum()), "restart_better": int((delta < 0).sum()),
+                "tied": int((delta == 0).sum())}
+
+    @property
+    def sign_test_p(self) -> float:
+        """Exact two-sided sign test over examples (`leakage.stats.mcnemar_exact` of the untied examples)."""
+        table = self.examples_table
+        return mcnemar_exact(table["memento_better"], table["restart_better"])
 
     def difference_ci(self, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
         """95% bootstrap interval of (memento - restart) accuracy, resampling examples."""
@@ -77,7 +89,8 @@ class RestartAblation:
         return {"scored_unit": self.unit, "units": len(self.example), "examples": len(np.unique(self.example)),
                 "memento": self.memento.as_dict(), "restart": self.restart.as_dict(),
                 "drop": self.memento.value - self.restart.value, "drop_ci95": [low, high],
-                "paired": self.table, "mcnemar_p": self.mcnemar_p}
+                "drop_ci95_over": "examples (cluster bootstrap)", "paired_units": self.table,
+                "paired_examples": self.examples_table, "sign_test_p": self.sign_test_p}
 
     def units_frame(self) -> pd.DataFrame:
         """One row per scored unit: its example and whether each run got it right."""

@@ -172,7 +172,7 @@ def analysis_rows(records: dict) -> list[dict]:
                 continue
             for mode in ("memento", "restart"):
                 add(checkpoint, f"greedy_{unit}_{mode}", r[mode]["accuracy"], r[mode]["ci95_low"], r[mode]["ci95_high"])
-            add(checkpoint, f"restart_drop_{unit}", r["drop"], *r["drop_ci95"], mcnemar_p=r["mcnemar_p"])
+            add(checkpoint, f"restart_drop_{unit}", r["drop"], *r["drop_ci95"], sign_test_p=r["sign_test_p"])
         for where in ("rollout_kv", "memento_text", "free_format"):
             for name, value in record[where].items():
                 add(checkpoint, f"{where}/{name}", value)

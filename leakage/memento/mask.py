@@ -172,17 +172,24 @@ def memento_mask(ids, tokenizer, keep_last_n_blocks: int = 0, mask_delimiters: b
         raise ValueError(f"prompt_len has {len(prompt_lens)} entries for a batch of {B} rows")
 
     out = torch.eye(T, dtype=torch.bool).repeat(B, 1, 1)  # (B, T, T): pad rows see themselves
+    marker_ids = torch.tensor(sorted(markers.all_ids))
+    by_layout: dict[tuple, torch.Tensor] = {}  # a row's mask depends only on where its markers sit
     for row in range(B):
         bounds = real_bounds(padding_mask[row], row)
         if bounds is None:
             continue
         start, stop = bounds
-        try:
-            spans = parse_spans(ids[row, start:stop].tolist(), markers, prompt_len=prompt_lens[row],
-                                plain_prompt=plain_prompt, strict=strict)
-        except ValueError as err:
-            raise ValueError(f"batch row {row} (real tokens from position {start}): {err}") from err
-        out[row, start:stop, start:stop] = mask_from_spans(spans, eviction)
+        tokens = ids[row, start:stop]
+        where = torch.isin(tokens, marker_ids).nonzero().flatten()
+        layout = (stop - start, prompt_lens[row], tuple(where.tolist()), tuple(tokens[where].tolist()))
+        if layout not in by_layout:
+            try:
+                spans = parse_spans(tokens.tolist(), markers, prompt_len=prompt_lens[row], plain_prompt=plain_prompt,
+                                    strict=strict)
+            except ValueError as err:
+                raise ValueError(f"batch row {row} (real tokens from position {start}): {err}") from err
+            by_layout[layout] = mask_from_spans(spans, eviction)
+        out[row, start:stop, start:stop] = by_layout[layout]
     return out
 
 

@@ -9,9 +9,10 @@ digit; it counts as right when every one of its tokens is. Two methods, both thr
   example, while the running sums, the mementos and the answer are the model's own greedy tokens, so an
   error propagates through the model's mementos; a unit is right when what the model wrote there is.
 
-A task's `evaluations` (its `TaskSpec`) name the (unit, method) pairs `evaluate_examples` reports, each
-with a Wilson 95% interval (`leakage.stats`). For `passcode` (five answer digits of one sequence) that
-interval treats the digits as independent draws, a little narrower than a per-sequence bootstrap.
+A task's `evaluations` (its `TaskSpec`) name the (unit, method) pairs `evaluate_examples` reports. Each
+accuracy's 95% interval is over examples, the unit of independence: a cluster bootstrap that resamples
+examples with all their units (a passcode's five digits, an example's running sums) when an example
+holds several units, the Wilson score interval when each example is one unit (`Accuracy`).
 """
 
 from __future__ import annotations
@@ -19,32 +20,73 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable
 
+import numpy as np
 import torch
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.engine.decode import Decoder, force_policy, teacher_force
-from leakage.stats import wilson_interval
+from leakage.stats import cluster_bootstrap_mean, wilson_interval
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec, unit
+
+
+BOOTSTRAP_RESAMPLES = 2000
 
 
 @dataclass
 class Accuracy:
-    """Correct out of total, with a Wilson 95% interval."""
+    """Scored units, right or not, and the example each belongs to.
 
-    correct: int
-    total: int
+    hits: (units,) bool. example: (units,) the example of each unit. The 95% interval is over examples: the
+    Wilson score interval when every unit is its own example, else a cluster bootstrap that resamples
+    examples with all their units (`leakage.stats.cluster_bootstrap_mean`).
+    """
+
+    hits: np.ndarray
+    example: np.ndarray
+
+    def __post_init__(self):
+        self.hits, self.example = np.asarray(self.hits, dtype=bool), np.asarray(self.example)
+        if self.hits.shape != self.example.shape:
+            raise ValueError(f"hits {self.hits.shape} and example {self.example.shape} must match")
+
+    @classmethod
+    def of_examples(cls, hits) -> "Accuracy":
+        """One unit per example (e.g. a whole answer)."""
+        hits = np.asarray(hits, dtype=bool)
+        return cls(hits, np.arange(len(hits)))
+
+    @property
+    def correct(self) -> int:
+        return int(self.hits.sum())
+
+    @property
+    def total(self) -> int:
+        return len(self.hits)
+
+    @property
+    def examples(self) -> int:
+        return len(np.unique(self.example))
 
     @property
     def value(self) -> float:
         return self.correct / self.total if self.total else float("nan")
 
     @property
+    def clustered(self) -> bool:
+        """Whether some example holds several units (then the interval is a cluster bootstrap)."""
+        return self.examples < self.total
+
+    @property
     def ci95(self) -> tuple[float, float]:
-        return wilson_interval(self.correct, self.total)
+        if not self.clustered:
+            return wilson_interval(self.correct, self.total)
+        return cluster_bootstrap_mean(self.hits, self.example, BOOTSTRAP_RESAMPLES, seed=0)
 
     def as_dict(self) -> dict:
         lo, hi = self.ci95
-        return {"accuracy": self.value, "ci95_low": lo, "ci95_high": hi, "correct": self.correct, "total": self.total}
+        over = f"cluster bootstrap over {self.examples} examples" if self.clustered else f"Wilson, {self.total} examples"
+        return {"accuracy": self.value, "ci95_low": lo, "ci95_high": hi, "correct": self.correct, "total": self.total,
+                "examples": self.examples, "interval": over}
 
 
 def model_written(example: Example) -> set[int]:
@@ -77,20 +119,28 @@ a sequence aligned with its ids."""
 
 
 @torch.no_grad()
+def accuracies(model, tokenizer, examples: list[Example], eviction: EvictionConfig, unit_names: tuple[str, ...],
+               method: str = "teacher_forced", batch_size: int = 32) -> dict[str, Accuracy]:
+    """`Accuracy` of each of `unit_names` under `method` (module docstring), from one decoding pass."""
+    if method not in METHODS:
+        raise ValueError(f"unknown evaluation method {method!r}; choose one of {sorted(METHODS)}")
+    positions_of = {name: unit(name).positions for name in unit_names}
+    hits = {name: [] for name in unit_names}
+    owner = {name: [] for name in unit_names}
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        for i, (example, tokens) in enumerate(zip(chunk, METHODS[method](model, tokenizer, chunk, eviction))):
+            for name, positions_in in positions_of.items():
+                for positions in positions_in(example):
+                    hits[name].append(all(tokens[p] == example.ids[p] for p in positions))
+                    owner[name].append(start + i)
+    return {name: Accuracy(np.array(hits[name], dtype=bool), np.array(owner[name], dtype=int)) for name in unit_names}
+
+
 def accuracy(model, tokenizer, examples: list[Example], eviction: EvictionConfig, unit_name: str,
              method: str = "teacher_forced", batch_size: int = 32) -> Accuracy:
     """Share of the examples' `unit_name` units that are right under `method` (module docstring)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown evaluation method {method!r}; choose one of {sorted(METHODS)}")
-    positions_of = unit(unit_name).positions
-    correct = total = 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        for example, tokens in zip(chunk, METHODS[method](model, tokenizer, chunk, eviction)):
-            for positions in positions_of(example):
-                total += 1
-                correct += all(tokens[p] == example.ids[p] for p in positions)
-    return Accuracy(correct, total)
+    return accuracies(model, tokenizer, examples, eviction, (unit_name,), method, batch_size)[unit_name]
 
 
 def task_accuracy(model, tokenizer, examples: list[Example], task: str, eviction: EvictionConfig) -> Accuracy:
@@ -107,9 +157,15 @@ def decoding_modes(eviction: EvictionConfig = EvictionConfig()) -> dict[str, Evi
 def evaluate_examples(model, tokenizer, examples: list[Example], evaluations: tuple[tuple[str, str, str], ...],
                       eviction: EvictionConfig = EvictionConfig()) -> dict[str, dict]:
     """`{mode}/{name}` -> accuracy (`Accuracy.as_dict`) of every (name, unit, method) in `evaluations` under
-    each of the three decoding modes."""
-    return {f"{mode}/{name}": accuracy(model, tokenizer, examples, config, unit_name, method).as_dict()
-            for mode, config in decoding_modes(eviction).items() for name, unit_name, method in evaluations}
+    each of the three decoding modes (one decoding pass per mode and method)."""
+    results = {}
+    for mode, config in decoding_modes(eviction).items():
+        for method in dict.fromkeys(m for _, _, m in evaluations):
+            units = tuple(dict.fromkeys(u for _, u, m in evaluations if m == method))
+            scored = accuracies(model, tokenizer, examples, config, units, method)
+            results.update({f"{mode}/{name}": scored[u].as_dict() for name, u, m in evaluations if m == method})
+    return {f"{mode}/{name}": results[f"{mode}/{name}"] for mode in decoding_modes(eviction)
+            for name, _, _ in evaluations}
 
 
 def validation_examples(task: TaskConfig, tokenizer, n: int, seed: int) -> list[Example]:

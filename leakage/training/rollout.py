@@ -135,12 +135,12 @@ def sample_rollouts(model, tokenizer, examples: list[Example], eviction: Evictio
 def majority_accuracy(groups: list[list[Rollout]], k: int) -> Accuracy:
     """maj@k: per example, the most frequent answer among its first k rollouts (ties: the answer seen
     first) is right."""
-    correct = 0
+    hits = []
     for group in groups:
         if len(group) < k:
             raise ValueError(f"maj@{k} needs {k} rollouts per example, got {len(group)}")
         votes = Counter(r.answer for r in group[:k])
         top = max(votes.values())
         winner = next(r.answer for r in group[:k] if votes[r.answer] == top)
-        correct += winner == group[0].truth
-    return Accuracy(correct, len(groups))
+        hits.append(winner == group[0].truth)
+    return Accuracy.of_examples(hits)

@@ -137,6 +137,13 @@ class Example:
         return _digits(self.passcode, len(self.passcode_positions)) if self.passcode is not None else []
 
     @property
+    def random_inputs(self) -> list[int]:
+        """Positions of the tokens the task draws at random and gives (every block's digits, the passcode's):
+        no model can predict them, so a recipe may leave them out of the loss."""
+        given = [p for i in range(len(self.block_digits)) for p in self.positions.select(f"digits/{i}")]
+        return sorted(given + self.passcode_positions)
+
+    @property
     def passcode_positions(self) -> list[int]:
         return self.positions.select("passcode") if self.passcode is not None else []
 
@@ -343,10 +350,10 @@ def task_spec(name: str) -> TaskSpec:
 register_task(TaskSpec("digits", _ask_sum, words=("sum", "?"), units=("sums", "answer_digits"),
                        evaluations=(("free_running", "sums", "free_running"),
                                     ("teacher_forced", "sums", "teacher_forced"))))
-register_task(TaskSpec("recall", _ask_recall, words=("recall", "block", "digit", "?"), units=("answer_digits",),
+register_task(TaskSpec("recall", _ask_recall, words=("recall", "block", "digit", "?"), units=("answer_digits", "sums"),
                        evaluations=(("answer", "answer_digits", "teacher_forced"),), chance=0.1,
                        text_only=lambda config: recall_text_only_accuracy(config.digits_per_block),
                        check=_check_recall))
-register_task(TaskSpec("passcode", _ask_passcode, words=("passcode", "?"), units=("answer_digits",),
+register_task(TaskSpec("passcode", _ask_passcode, words=("passcode", "?"), units=("answer_digits", "sums"),
                        evaluations=(("answer", "answer_digits", "teacher_forced"),), chance=0.1,
                        text_only=lambda config: 0.1, answers_passcode=True))

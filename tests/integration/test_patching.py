@@ -18,6 +18,7 @@ from leakage.analysis.patching import (all_setter, clean_and_corrupted, generic_
 from leakage.analysis.probe import ProbeConfig, fit_probe
 from leakage.training.tasks import TaskConfig
 from leakage.engine.views import to_bridge, to_nnsight
+from tests.bounds import at_chance
 
 TASK = TaskConfig(task="passcode", n_blocks=3, passcode_block=0, digits_per_block=3)
 CONFIG = EvictionConfig()
@@ -137,9 +138,11 @@ def planted(n=3000, d=100, seed=0):
 
 
 def test_leace_removes_a_planted_label_and_a_random_subspace_of_its_rank_does_not():
-    x, y = planted(n=6000)
+    # 20,000 fitting rows: LEACE's estimation error on new rows shrinks as 1/sqrt(rows); with 3,000 it left
+    # 15.5% on new rows (the broken variant of "estimated well enough"), here it is inside the chance band
+    x, y = planted(n=23000)
     z = torch.nn.functional.one_hot(y, 10).double()
-    fit, held = slice(0, 3000), slice(3000, 6000)
+    fit, held = slice(0, 20000), slice(20000, 23000)
     leace = leace_eraser(x[fit], z[fit])
     control = random_eraser(x[fit], leace.rank, seed=0)
     assert leace.rank <= 9  # k classes: a rank k - 1 edit
@@ -147,13 +150,14 @@ def test_leace_removes_a_planted_label_and_a_random_subspace_of_its_rank_does_no
     config = ProbeConfig(kind="linear", n_bootstrap=50)
 
     def probe(features, rows=held):
-        return fit_probe(features[rows].float(), y[rows][:, None], np.arange(3000), config=config).accuracy
+        n = rows.stop - rows.start
+        result = fit_probe(features[rows].float(), y[rows][:, None], np.arange(n), config=config)
+        return result.accuracy, len(result.val_rows)  # one row per group: validation rows are independent
 
-    raw = probe(x)
-    assert raw > 0.5
-    assert probe(leace(x), fit) < 0.13  # on the rows it was fitted on: chance (0.1)
-    assert probe(leace(x)) < 0.2  # on new rows: near chance (estimation error of the fit leaves a little)
-    assert probe(control(x)) - 0.1 > 0.7 * (raw - 0.1)  # the same rank at random keeps most of it
+    assert not at_chance(*probe(x))
+    assert at_chance(*probe(leace(x), slice(0, 3000)))  # rows it was fitted on
+    assert at_chance(*probe(leace(x)))  # new rows
+    assert not at_chance(*probe(control(x)))  # the same rank at random keeps it
 
 
 def test_erasure_curve_runs_end_to_end(tiny):

@@ -1,5 +1,5 @@
 """The restart ablation at smoke scale: the restart run keeps the normal run's mementos token for token
-and re-chooses only the scored units; the paired table and McNemar's test are the textbook ones."""
+and re-chooses only the scored units; the paired table and the sign test over examples are the textbook ones."""
 
 import numpy as np
 import pytest
@@ -29,14 +29,16 @@ def test_restart_run_keeps_the_normal_runs_mementos(tiny):
     assert result.memento.total == result.restart.total == 12
 
 
-def test_mcnemar_and_the_paired_table():
+def test_the_sign_test_counts_examples_and_the_paired_table():
     normal = np.array([True] * 10 + [False] * 5 + [True] * 3)
     restart = np.array([False] * 10 + [False] * 5 + [True] * 3)
     result = RestartAblation("sums", normal, restart, np.arange(18) // 3)
     assert result.table == {"both": 3, "memento_only": 10, "restart_only": 0, "neither": 5}
-    assert result.mcnemar_p == pytest.approx(2 / 2 ** 10)  # all 10 discordant pairs one way
+    assert result.examples_table == {"memento_better": 4, "restart_better": 0, "tied": 2}  # examples of 3 units
+    assert result.sign_test_p == pytest.approx(2 / 2 ** 4)  # the 4 untied examples all one way: units are not
+    # independent draws, and the test counts examples, not the 10 discordant units
     same = RestartAblation("sums", normal, normal, np.arange(18) // 3)
-    assert same.mcnemar_p == 1.0 and same.difference_ci() == (0.0, 0.0)
+    assert same.sign_test_p == 1.0 and same.difference_ci() == (0.0, 0.0)
     low, high = result.difference_ci()
     assert 0 < low <= 10 / 18 <= high
 
