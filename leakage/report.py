@@ -50,6 +50,7 @@ class Claim:
 
 
 ACCURACY = (0.0, 1.0)
+POINTS = (-100.0, 100.0)  # a difference of two accuracies, in points
 
 CLAIMS = (
     Claim("sums", "running sums, teacher-forced, memento decoding", statement=">= 90%", threshold=SUMS_TARGET - 1e-12,
@@ -59,9 +60,9 @@ CLAIMS = (
     Claim("answer_restart", "passcode answer digits, restart decoding", bounds=ACCURACY),
     Claim("answer_full", "passcode answer digits, full attention", bounds=ACCURACY),
     Claim("restart_drop", "restart ablation drop, running sums (points)", percent=False,
-          statement="a drop (interval below 0)"),
+          statement="a drop (interval below 0)", bounds=POINTS),
     Claim("answer_restart_drop", "restart ablation drop, passcode answer (points)", percent=False,
-          statement="a drop (interval below 0)"),
+          statement="a drop (interval below 0)", bounds=POINTS),
     Claim("probe_direct", "probe, memento that saw the passcode (direct)", statement="above chance", bounds=ACCURACY),
     Claim("probe_masked_d1", "probe, masked d=1", statement="above chance", bounds=ACCURACY),
     Claim("probe_masked_d2", "probe, masked d=2", statement="above chance", bounds=ACCURACY),
@@ -323,7 +324,7 @@ def seeds_table(per_seed: dict[int, dict]) -> pd.DataFrame:
                 continue
             if name.startswith("mean_ci95"):
                 low, high = mean_interval(values)
-                if claim.bounds:  # a t interval knows no bounds: an accuracy's stops at 0 and 1
+                if claim.bounds:  # a t interval knows no bounds: an accuracy's stops at 0 and 1, a drop's at -100 points
                     low, high = max(low, claim.bounds[0]), min(high, claim.bounds[1])
                 row[key] = low if name.endswith("low") else high
             else:

@@ -190,20 +190,17 @@ def stage_evaluate(ctx: Context) -> dict:
 
 
 def stage_kv(ctx: Context) -> dict:
-    from leakage.engine.decode import Decoder, force_policy
     from leakage.engine.model import load_model
     from leakage.memento.kv import simulate_kv
     from leakage.plotting import plot_kv_sawtooth
-    from leakage.training.evaluate import model_written
+    from leakage.training.evaluate import free_run_results
     from leakage.training.tasks import make_example
 
     model, tokenizer = load_model(ctx.model)
     example = make_example(ctx.config.task, tokenizer, ctx.config.seed + 2, 0, "val")
-    # the block digits and passcode are the task's random inputs, given as in the free-running evaluation (the
-    # model is not trained to draw them); the model writes every sum, memento and the answer
-    own = model_written(example)
-    decoder = Decoder(model, tokenizer, EvictionConfig(), [example.ids[:example.prompt_len]])
-    out = decoder.run(force_policy([example.ids], lambda row, position: position in own))[0]
+    # decoded as the free-running evaluation decodes: the block digits and passcode (the task's random inputs,
+    # which the model is not trained to draw) are given, the model writes every sum, memento and the answer
+    out = free_run_results(model, tokenizer, [example], EvictionConfig())[0]
     fed = out.ids[:len(out.kv.cached_tokens)]
     vanilla = simulate_kv(fed, tokenizer, EVICTION_PRESETS["vanilla"], prompt_len=out.prompt_len,
                           plain_prompt=False, strict=False)

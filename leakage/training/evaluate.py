@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
-from leakage.engine.decode import Decoder, force_policy, teacher_force
+from leakage.engine.decode import Decoder, SequenceResult, force_policy, teacher_force
 from leakage.stats import cluster_bootstrap_mean, wilson_interval
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec, unit
 
@@ -95,12 +95,18 @@ def model_written(example: Example) -> set[int]:
     return {p for ps in example.sum_positions + example.memento_positions for p in ps} | set(example.answer_positions)
 
 
-def free_run(model, tokenizer, examples: list[Example], eviction: EvictionConfig) -> list[list[int]]:
-    """Decode the examples in lockstep; sum, memento and answer tokens are the model's greedy choices."""
+def free_run_results(model, tokenizer, examples: list[Example], eviction: EvictionConfig) -> list[SequenceResult]:
+    """Decode the examples in lockstep under `eviction`: the task's random inputs (block digits, passcode) and
+    the markers are given, sum, memento and answer tokens are the model's greedy choices (`model_written`).
+    Each result holds the decoded ids and the KV accounting of its row."""
     own = [model_written(e) for e in examples]
     decoder = Decoder(model, tokenizer, eviction, [e.ids[:e.prompt_len] for e in examples])
-    decoder.run(force_policy([e.ids for e in examples], lambda row, position: position in own[row]))
-    return [row.ids for row in decoder.rows]
+    return decoder.run(force_policy([e.ids for e in examples], lambda row, position: position in own[row]))
+
+
+def free_run(model, tokenizer, examples: list[Example], eviction: EvictionConfig) -> list[list[int]]:
+    """The ids of `free_run_results`: per example, the sequence the model decoded, aligned with its ids."""
+    return [result.ids for result in free_run_results(model, tokenizer, examples, eviction)]
 
 
 def _teacher_forced_tokens(model, tokenizer, examples: list[Example], eviction: EvictionConfig) -> list[list[int]]:

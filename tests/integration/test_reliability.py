@@ -4,6 +4,7 @@ test_pipeline_llm.py, test_pipeline_resume.py, test_train.py.)"""
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from leakage.cli import main
 from leakage.config import EvictionConfig
 from leakage.engine.decode import teacher_force
 from leakage.training.tasks import TaskConfig
+from leakage.training.train import train_preset
 from leakage.memento.trace import MementoTrace
 from tests.pipeline_data import synthetic_record, write_jsonl
 
@@ -52,6 +54,9 @@ def test_train_and_task_bad_inputs(capsys, tmp_path):
     fails_cleanly(capsys, ["train", "--preset", "smoke", "--stage1-steps", "-1", "--out", str(tmp_path / "r")],
                   "stage1_steps must be a positive")
     fails_cleanly(capsys, ["train", "--preset", "nope", "--out", str(tmp_path / "r")], "unknown training preset")
+    for schedule, decay in (("warmup_stable_decay", 0.0), ("cosine", 0.2), ("warmup_stable_decay", 0.99)):
+        with pytest.raises(ValueError, match="is the warmup_stable_decay schedule's share"):
+            replace(train_preset("smoke"), schedule=schedule, decay=decay)
     with pytest.raises(ValueError, match="n_blocks must be at least 1"):
         TaskConfig(n_blocks=0)
     with pytest.raises(ValueError, match="recall names blocks by one digit"):

@@ -19,7 +19,8 @@ from leakage.training.evaluate import accuracy, free_run
 from leakage.memento.mask import additive_mask, memento_mask
 from leakage.engine.model import load_model
 from leakage.training.tasks import TaskConfig, make_example
-from leakage.training.train import MementoCollator, RunConfig, TaskDataset, TrainingInterrupted, train, train_preset
+from leakage.training.train import (MementoCollator, RunConfig, TaskDataset, TrainingInterrupted, train, train_preset,
+                                    training_arguments)
 
 SMOKE = train_preset("smoke")
 TASK = TaskConfig(n_blocks=3)  # short sequences keep these tests fast
@@ -182,6 +183,25 @@ def test_free_running_feeds_given_digits_and_writes_model_sums(tiny):
         own = {p for ps in e.sum_positions + e.memento_positions for p in ps} | set(e.answer_positions)
         assert len(ids) == len(e.ids)
         assert all(ids[p] == e.ids[p] for p in range(len(ids)) if p not in own)
+
+
+def test_warmup_stable_decay_holds_the_peak_then_decays_over_its_share(tmp_path):
+    from transformers import get_scheduler
+
+    preset = replace(train_preset("smoke"), stage2_steps=100, warmup=0.1, schedule="warmup_stable_decay", decay=0.2)
+    args = training_arguments(RunConfig(task=TASK, preset=preset), 2, tmp_path)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=preset.learning_rate)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=args.get_warmup_steps(100),
+                              num_training_steps=100, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
+    rates = []
+    for _ in range(100):
+        rates.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    peak = preset.learning_rate
+    assert rates[0] == 0 and rates[5] < peak  # warm-up: 10 steps
+    assert all(r == pytest.approx(peak) for r in rates[10:80])  # stable
+    assert all(a > b for a, b in zip(rates[80:], rates[81:])) and rates[-1] < 0.01 * peak  # the last 20 decay
 
 
 def test_wilson_interval_known_values():
