@@ -296,10 +296,9 @@ def report_text(config, records: dict, seeds: pd.DataFrame | None = None) -> str
 
 
 def _ci(value: dict | None) -> str:
-    """An accuracy record (`Accuracy.as_dict`) as 'x% [low, high]'."""
-    if not value:
-        return "not measured"
-    return f"{100 * value['accuracy']:.1f}% [{100 * value['ci95_low']:.1f}, {100 * value['ci95_high']:.1f}]"
+    """An accuracy record (`Accuracy.as_dict`) as 'x% [low, high]' (`_with_interval`)."""
+    accuracy, low, high = _accuracy(value)
+    return _with_interval({"x": accuracy, "x_low": low, "x_high": high}, "x")
 
 
 # -- across seeds ---------------------------------------------------------------------------------------------
