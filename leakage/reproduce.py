@@ -58,7 +58,7 @@ class ReproducePlan:
 
 PLANS: dict[str, ReproducePlan] = {
     "smoke": ReproducePlan(train="smoke", n_blocks=3, n_eval=8, probe_traces=240, probe="smoke", causal_n=8),
-    "fast": ReproducePlan(train="fast", n_blocks=4, n_eval=256, probe_traces=10_000, probe="mlp", causal_n=256),
+    "fast": ReproducePlan(train="fast", n_blocks=4, n_eval=256, probe_traces=6_000, probe="mlp", causal_n=256),
     "paper": ReproducePlan(train="paper", n_blocks=10, n_eval=512, probe_traces=50_000, probe="mlp", causal_n=512,
                            extras=True),
 }

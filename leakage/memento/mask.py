@@ -91,6 +91,7 @@ def unroll(spans: TraceSpans, eviction: EvictionConfig = EvictionConfig()) -> Un
     stale_until = torch.full((T,), _NEVER)  # per logical position: the step its first version is replaced
     for r in schedule.recomputes:
         stale_until[r.start:r.at] = r.at
+    stale = stale_until.tolist()
     index, step, final, replaced = [], [], [], []
     for p in range(T):
         if p in recompute_at:  # the recomputation, rows start..p, all in step p
@@ -102,8 +103,8 @@ def unroll(spans: TraceSpans, eviction: EvictionConfig = EvictionConfig()) -> Un
         else:
             index.append(p)
             step.append(p)
-            final.append(bool(stale_until[p] == _NEVER))
-            replaced.append(int(stale_until[p]))
+            final.append(stale[p] == _NEVER)
+            replaced.append(stale[p])
     index_t, step_t = torch.tensor(index, dtype=torch.long), torch.tensor(step, dtype=torch.long)
     final_t, replaced_t = torch.tensor(final), torch.tensor(replaced, dtype=torch.long)
     mask = ((index_t[None, :] <= index_t[:, None]) & (step_t[None, :] <= step_t[:, None])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from functools import cached_property
 from typing import Sequence
 
 from leakage.config import BLOCK_END, BLOCK_START, SUMMARY_END, SUMMARY_START, THINK_END, THINK_START
@@ -67,11 +68,11 @@ class MarkerIds:
             ids[name] = token_id
         return cls(**ids)
 
-    @property
+    @cached_property
     def memento_ids(self) -> frozenset[int]:
         return frozenset((self.block_start, self.block_end, self.summary_start, self.summary_end))
 
-    @property
+    @cached_property
     def all_ids(self) -> frozenset[int]:
         return self.memento_ids | {self.think_start, self.think_end}
 
