@@ -44,6 +44,22 @@ def test_collator_masks_are_the_foundation_masks(tiny):
             assert labels[f["prompt_len"]:n].tolist() == f["input_ids"][f["prompt_len"]:]
 
 
+def test_dataset_keeps_each_row_as_made_and_collating_leaves_rows_unchanged(tiny):
+    """Epochs after the first reuse the rows made in the first: they must equal rows made afresh (no example
+    keyed to another index) and survive collation untouched (the collator may not write into them)."""
+    _, tokenizer = tiny
+    task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1, short_block_rate=0.5)
+    kept = TaskDataset(task, tokenizer, size=6, seed=3, loss_on_random_inputs=False)
+    first = [kept[i] for i in (4, 0, 5, 1, 3, 2)]
+    collate = MementoCollator(tokenizer, EvictionConfig())
+    batches = [collate(first), collate([kept[i] for i in (4, 0, 5, 1, 3, 2)])]
+    for key in batches[0]:
+        assert torch.equal(batches[0][key], batches[1][key])
+    for index in range(6):
+        fresh = TaskDataset(task, tokenizer, size=6, seed=3, loss_on_random_inputs=False)[index]
+        assert kept[index] == fresh and kept[index]["untrained"]
+
+
 class StopAt(TrainerCallback):
     """Simulates an interruption: in stage `stage`, save a checkpoint at `step` and stop."""
 
