@@ -47,7 +47,7 @@ RECIPES: dict[str, tuple[TrainPreset, dict]] = {  # name -> (preset, the task's 
     "fast-3300": (replace(TRAIN_PRESETS["fast-v3"], stage2_steps=3300, decay=0.3), CURRICULUM),
     "fast": (TRAIN_PRESETS["fast"], CURRICULUM),  # the recipe chosen (equal to fast-3300)
     # fast, half the training traces with the passcode in the last block (its memento is the last before the
-    # answer: the easy case, learned in every 4-block run) and half in block 1 (the distance scored)
+    # answer: the easy case: 99.7% in the 4-block capacity model) and half in block 1 (the distance scored)
     "fast-mix": (TRAIN_PRESETS["fast"], {**CURRICULUM, "passcode_blocks": (9, 1)}),
 }
 
