@@ -318,16 +318,23 @@ def _analysis_flags(parser: argparse.ArgumentParser, verb: str) -> None:
 
 
 def _analysis(args: argparse.Namespace) -> int:
-    """Run an analysis verb's runner on the spec its flags give, print its record."""
+    """Run an analysis verb's runner on the spec its flags give, print its record (under `torchrun`, every
+    rank runs it and rank 0 prints and writes: `leakage.shards`)."""
+    from leakage import shards
+
     analysis = ANALYSES[args.command]
     module = importlib.import_module(f"leakage.analysis.{analysis.module}")
     spec = from_flags(getattr(module, analysis.spec), args)
+    speaks = shards.rank() == 0
     extra = {}
-    if analysis.progress:
+    if analysis.progress and speaks:
         from tqdm import tqdm
 
         extra["progress"] = tqdm
-    record = module.run(spec, args.out, command=f"leakage {args.command} " + " ".join(args.argv), log=print, **extra)
+    record = module.run(spec, args.out, command=f"leakage {args.command} " + " ".join(args.argv),
+                        log=print if speaks else lambda _: None, **extra)
+    if not speaks:
+        return 0
     analysis.show(record)
     print(f"{args.command}: {record.seconds:.0f} s")
     if record.files:

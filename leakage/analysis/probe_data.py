@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from leakage import shards
 from leakage.engine.capture import capture
 from leakage.config import EvictionConfig
 from leakage.memento.positions import Site, TracePositions, trace_positions
@@ -156,40 +157,51 @@ def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: Ev
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
     one masked forward per batch (`batch_size` rows at most, fewer for long traces: `MAX_MASK_CELLS`)
     over the prefix that ends at the batch's last site position. Batches of 64 keep a forward's activations
-    in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces (`experiments/bench_capture.py`)."""
+    in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces (`experiments/bench_capture.py`).
+    Under `torchrun`, each process captures its share of the batches and every process gets the whole
+    dataset (`leakage.shards`): the same batches, so the same numbers as one process."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}
-    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    kv: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    lengths: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    text: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     longest = max(len(t.ids) for t in traces)
     batch_size = max(1, min(batch_size, MAX_MASK_CELLS // longest ** 2))
-    for start in range(0, len(traces), batch_size):
-        batch = traces[start:start + batch_size]
-        positions = [t.positions for t in batch]
-        if any(t.passcode_block != batch[0].passcode_block for t in batch):
-            raise ValueError("traces of one batch must hold the passcode in the same block")
-        wanted = {name: site_of(part, offset, batch[0].passcode_block) for name, (part, offset) in names.items()}
-        got = capture(model, tokenizer, [t.ids for t in batch], eviction, wanted, positions=positions, prefix_only=True)
-        for name in names:
-            valid = got.valid[name]  # (B, P)
-            lengths[name].append(valid.sum(1))
-            keys, values = got.keys[name], got.values[name]  # (B, L, H, P, d), zero where not valid
-            B, L, H, P, d = keys.shape
-            both = torch.cat([keys.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d),
-                              values.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d)], dim=-1)
-            kv[name].append(both)
-            if embed is not None:
-                ids = torch.tensor([[t.ids[p] for p in pos.clamp(min=0).tolist()] for t, pos in
-                                    zip(batch, got.positions[name])])
-                text[name].append(embed(ids) * valid[..., None])
+    batches = [traces[start:start + batch_size] for start in range(0, len(traces), batch_size)]
+    mine = []
+    for index in shards.share(len(batches)):
+        mine.append(_capture_batch(model, tokenizer, batches[index], eviction, names))
         if progress is not None:
-            progress(len(batch))
+            progress(len(batches[index]))
+    captured = shards.gather(mine, len(batches))  # [(kv, lengths, text) per batch], in batch order
+    kv, lengths, text = ({name: [batch[part][name] for batch in captured if name in batch[part]] for name in names}
+                         for part in range(3))
     labels = torch.tensor([t.digits for t in traces], dtype=torch.long)
     groups = torch.tensor([t.group for t in traces], dtype=torch.long)
     return KVDataset(sites=names, kv=_concat_padded(kv, axis=2), lengths={k: torch.cat(v) for k, v in lengths.items()},
                      text=_concat_padded({k: v for k, v in text.items() if v}, axis=1), labels=labels, groups=groups,
                      config={"eviction": vars(eviction), "n_traces": len(traces)})
+
+
+def _capture_batch(model, tokenizer, batch: Sequence[ProbeTrace], eviction: EvictionConfig,
+                   names: dict[str, tuple[str, int]]) -> tuple[dict, dict, dict]:
+    """One batch's (kv, lengths, text), each {site name: tensor}: keys+values (B, L, P, 2 x kv_heads x d_head),
+    site lengths (B,), and the site tokens' input embeddings (B, P, d_model) when the model has them."""
+    if any(t.passcode_block != batch[0].passcode_block for t in batch):
+        raise ValueError("traces of one batch must hold the passcode in the same block")
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    wanted = {name: site_of(part, offset, batch[0].passcode_block) for name, (part, offset) in names.items()}
+    got = capture(model, tokenizer, [t.ids for t in batch], eviction, wanted, positions=[t.positions for t in batch],
+                  prefix_only=True)
+    kv, lengths, text = {}, {}, {}
+    for name in names:
+        valid = got.valid[name]  # (B, P)
+        lengths[name] = valid.sum(1)
+        keys, values = got.keys[name], got.values[name]  # (B, L, H, P, d), zero where not valid
+        B, L, H, P, d = keys.shape
+        kv[name] = torch.cat([keys.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d),
+                              values.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d)], dim=-1)
+        if embed is not None:
+            ids = torch.tensor([[t.ids[p] for p in pos.clamp(min=0).tolist()] for t, pos in
+                                zip(batch, got.positions[name])])
+            text[name] = embed(ids) * valid[..., None]
+    return kv, lengths, text
 
 
 def _concat_padded(chunks: dict[str, list[torch.Tensor]], axis: int) -> dict[str, torch.Tensor]:

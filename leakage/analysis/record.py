@@ -18,7 +18,8 @@ every file atomically (`leakage.io`). A result key that repeats a spec field is 
 meaning. `check_outputs(out, FILES, inputs)`, the first thing every runner does, refuses before any work
 an output that would land on an input, inside a checkpoint folder or on a directory, or that cannot be
 written. `Clock` times a run's phases and forwards each phase's message to the caller's `log`; a
-runner ends with `finish(...)`, which builds its `Record` and writes it when asked.
+runner ends with `finish(...)`, which builds its `Record` and writes it when asked (under `torchrun`,
+from rank 0 only: `leakage.shards`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
+from leakage import shards
 from leakage.io import atomic_write_json, atomic_write_text, not_finite
 from leakage.provenance import code_fingerprint
 
@@ -164,7 +166,7 @@ def finish(runner: str, spec, results: dict, rows: pd.DataFrame | None, clock: C
     record = Record(runner.rsplit(".", 1)[-1], spec, results, rows, {str(c): checkpoint_sha256(c) for c in read},
                     clock.seconds, clock.phases, command, code_fingerprint(runner))
     record.to_json()  # a NaN or infinite result, or a result named like a setting, is an error here
-    if out is not None:
+    if out is not None and shards.rank() == 0:  # under torchrun every rank ran the analysis; one writes it
         planned = {beside(stem_of(out), suffix) for suffix in sys.modules[runner].FILES}
         unplanned = sorted(str(p) for p in write_record(record, out, extra) if p not in planned)
         if unplanned:

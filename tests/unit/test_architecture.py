@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "leakage"
-FOUNDATION = {"config", "errors", "io", "flags", "stats", "seeding", "provenance", "plotting"}
+FOUNDATION = {"config", "errors", "io", "flags", "stats", "seeding", "provenance", "plotting", "shards"}
 ORDER = ["foundation", "memento", "pipeline", "engine", "training", "analysis", "top"]
 ALLOWED = {  # a wing may import these wings (and itself)
     "foundation": {"foundation"},
