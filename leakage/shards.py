@@ -3,12 +3,11 @@ and the results come back, in order, on every rank.
 
     python -m torch.distributed.run --nproc_per_node=2 tests/shard_capture.py runs/shards
 
-The same launch that trains (`torchrun ... -m leakage.cli train`) runs an analysis: `capture_dataset` (the
-probe's keys and values) captures each rank's share of its batches, and every rank receives the whole
-dataset, bit-identical to a single process's (whole batches move, never rows of a batch: every forward
-is the one a single process runs). The analysis then goes on identically on every rank (the probes are
-seeded; on GPUs each rank works on its own device) and only rank 0 writes results
-(`leakage.analysis.record.finish`).
+Under `torchrun`, `capture_dataset` (the probe's keys and values) captures each rank's share of its batches,
+and every rank receives the whole dataset, bit-identical to a single process's (whole batches move, never
+rows of a batch: every forward is the one a single process runs; tested with gloo). Code after it runs on
+every rank, and only rank 0 writes results (`leakage.analysis.record.finish`). Launching the `leakage`
+command itself under `torchrun` is not yet tested (torchrun's own flags clash with `--n`).
 
 Without `torchrun` (no `WORLD_SIZE`, or 1) there is one rank and nothing is exchanged. The process group
 is joined on first use, with `backend()`: gloo on CPU, NCCL on GPUs.
