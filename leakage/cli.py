@@ -1,9 +1,9 @@
 """The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does.
 
-The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `capacity`) are one
-table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass gives the verb's
-flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this module only
-prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
+The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `precision`,
+`capacity`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
+gives the verb's flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this
+module only prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
 """
 
 from __future__ import annotations
@@ -60,6 +60,21 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  masked vs plain causal (must differ after block 0's memento): "
           f"{(hf_logits - causal_logits).abs().max().item():.2e}")
     return 0
+
+
+def _selfcheck(args: argparse.Namespace) -> int:
+    """The parity table of `leakage.analysis.selfcheck`; exit code 1 when a check fails."""
+    import pandas as pd
+
+    from leakage.analysis.selfcheck import SelfcheckSpec, selfcheck
+
+    spec = from_flags(SelfcheckSpec, args)
+    rows = selfcheck(spec)
+    print(pd.DataFrame(rows).to_string(index=False, float_format="%.2e"))
+    failed = sum(not row["passed"] for row in rows)
+    print(f"{len(rows) - failed} of {len(rows)} checks passed at {spec.precision} "
+          f"({'checkpoint ' + spec.checkpoint if spec.checkpoint else 'a fresh ' + spec.model_preset + ' model'})")
+    return 1 if failed else 0
 
 
 def _encode_text(tokenizer, text: str, flag: str) -> list[int]:
@@ -302,6 +317,11 @@ ANALYSES: dict[str, Analysis] = {
                                                "answer_high"]),
                       ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                        "eviction.max_block_tokens"), _BLOCKS),
+    "precision": Analysis("precision_channel", "PrecisionSpec", "the passcode channel at each compute / stored-KV "
+                          "precision: answer under memento and restart, probes and bits",
+                          _show_table(["precision", "measure", "accuracy", "ci95_low", "ci95_high", "points"]),
+                          _TASK_NO_CURRICULUM + ("task.passcode_blocks", "eviction.restart",
+                                                 "eviction.max_block_tokens"), _BLOCKS),
     "capacity": Analysis("capacity", "CapacitySpec", "the channel's capacity against distance: answer accuracy and "
                          "bits of passcode models", _show_table(["run", "distance", "decoding", "accuracy", "ci95_low",
                                                                  "ci95_high", "bits"]),
@@ -431,6 +451,14 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         if verb in (name, "all"):
             _analysis_flags(command, name)
         command.set_defaults(func=_analysis)
+
+    check = sub.add_parser("selfcheck", help="parity checks before trusting numbers at a precision: HF == bridge == "
+                           "nnsight, eviction decoding == masked forward, capture == decoder cache, patch nothing == clean")
+    if verb in ("selfcheck", "all"):
+        from leakage.analysis.selfcheck import SelfcheckSpec
+
+        add_flags(check, SelfcheckSpec)
+    check.set_defaults(func=_selfcheck)
 
     repro = sub.add_parser("reproduce", help="the main job: train the toy model, measure the leak, write REPORT.md")
     add_flags(repro, ReproduceConfig)

@@ -405,3 +405,36 @@ def plot_probe_budget(rows: list[dict], path: str | Path, title: str = "") -> Pa
     fig.suptitle(title, y=1.02, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+@styled()
+def plot_precision_channel(frame, path: str | Path, title: str = "") -> Path:
+    """The passcode channel at each precision (rows of `leakage.analysis.precision_channel.run`, with a `seed`
+    column when several models are drawn): (a) used, the answer digits under memento and restart decoding;
+    (b) present, the probe's accuracy at masked d=1 and at the retained delimiters. One dot per model, a bar
+    at the median."""
+    order = list(dict.fromkeys(frame.precision))
+    x = {name: i for i, name in enumerate(order)}
+    fig, (used, present) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    panels = ((used, (("answer_memento", "memento decoding", "tab:blue"), ("answer_restart", "restart", "tab:red"))),
+              (present, (("probe_masked_d1", "probe, masked d=1", "tab:purple"),
+                         ("probe_delimiters", "probe, retained delimiters", "tab:orange"))))
+    for ax, measures in panels:
+        for shift, (measure, label, color) in zip((-0.15, 0.15), measures):
+            rows = frame[frame.measure == measure]
+            xs = [x[p] + shift for p in rows.precision]
+            ax.scatter(xs, rows.accuracy, s=12, color=color, alpha=0.6, label=label)
+            medians = rows.groupby("precision", sort=False).accuracy.median()
+            ax.hlines(medians.values, [x[p] + shift - 0.12 for p in medians.index],
+                      [x[p] + shift + 0.12 for p in medians.index], color=color, lw=2)
+        ax.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
+        ax.set_ylim(0, 1.02)
+        ax.legend(frameon=False, fontsize=7)
+    used.set_ylabel("answer digit accuracy")
+    used.set_title("used: the answer reads the channel", fontsize=9)
+    present.set_ylabel("probe accuracy (budget in the CSV)")
+    present.set_title("present: a probe reads the passcode", fontsize=9)
+    fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -25,9 +25,10 @@ import torch
 from leakage.analysis.patching import (KV, PatchResult, PatchRun, answer_correct, kv_patch_layer, kv_patch_layer_head,
                                        patched_logits)
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
-from leakage.analysis.twins import CausalSpec, Progress, passcode_run, result_frame, run_name, twin_run
+from leakage.analysis.twins import (CausalSpec, Progress, load_causal_model, passcode_run, result_frame, run_name,
+                                    twin_run)
 from leakage.config import EvictionConfig
-from leakage.engine.model import check_trained_task, load_checkpoint
+from leakage.engine.model import check_trained_task
 from leakage.training.tasks import Example
 
 Ablation = Callable[[object, object, list[Example], PatchRun, EvictionConfig], KV]
@@ -103,7 +104,7 @@ def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None 
     check_outputs(out, FILES, [spec.checkpoint])
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
-    model, tokenizer = load_checkpoint(spec.checkpoint)
+    model, tokenizer = load_causal_model(spec)
     examples, pairs = twin_run(model, tokenizer, spec)
     clock(f"ablating {spec.experiment.n} examples")
     frame = ablation_sweep(model, tokenizer, examples, pairs, spec.eviction, spec.experiment.bootstrap,

@@ -18,9 +18,10 @@ import torch
 from leakage.analysis.patching import KV, PatchRun, answer_correct, logit_difference, patched_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
-from leakage.analysis.twins import CausalExperiment, CausalSpec, passcode_pairs, passcode_run, run_name
+from leakage.analysis.twins import (CausalExperiment, CausalSpec, load_causal_model, passcode_pairs, passcode_run,
+                                    run_name)
 from leakage.config import EvictionConfig
-from leakage.engine.model import check_trained_task, load_checkpoint
+from leakage.engine.model import check_trained_task
 from leakage.stats import cluster_bootstrap_mean
 from leakage.training.tasks import Example, TaskConfig, make_example
 
@@ -143,7 +144,7 @@ def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None 
     check_outputs(out, FILES, [spec.checkpoint])
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
-    model, tokenizer = load_checkpoint(spec.checkpoint)
+    model, tokenizer = load_causal_model(spec)
     frame = erasure_curve(model, tokenizer, spec.task, spec.eviction, spec.experiment, probe, clock)
     return finish(__name__, spec, headline(frame), frame, clock, command, out, figures)
 

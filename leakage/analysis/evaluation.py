@@ -17,8 +17,9 @@ import pandas as pd
 
 from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.config import EvictionConfig
-from leakage.engine.model import check_trained_task, load_checkpoint
-from leakage.training.evaluate import evaluate_examples, validation_examples
+from leakage.engine.model import check_trained_task
+from leakage.engine.precision import Precision, load_at_precision
+from leakage.training.evaluate import calibration_ids, evaluate_examples, validation_examples
 from leakage.training.tasks import TaskConfig, task_spec
 
 
@@ -32,6 +33,7 @@ class EvaluationSpec:
     n: validation examples.
     seed: seed of the validation examples.
     evaluations: (name, unit, method) of each accuracy; none: the task's own (`TaskSpec.evaluations`).
+    precision: compute dtype and what the KV cache stores (`leakage.engine.precision`).
     force: run even if the checkpoint was trained on another task.
     """
 
@@ -41,6 +43,7 @@ class EvaluationSpec:
     n: int = 256
     seed: int = 1
     evaluations: tuple[tuple[str, str, str], ...] | None = None
+    precision: Precision = Precision()
     force: bool = False
 
     def __post_init__(self):
@@ -58,7 +61,8 @@ def run(spec: EvaluationSpec, out: str | Path | None = None, *, command: str | N
     check_outputs(out, FILES, [spec.checkpoint])
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
-    model, tokenizer = load_checkpoint(spec.checkpoint)
+    model, tokenizer = load_at_precision(spec.checkpoint, spec.precision,
+                                         lambda tok: calibration_ids(spec.task, tok, spec.seed))
     task = task_spec(spec.task.task)
     examples = validation_examples(spec.task, tokenizer, spec.n, spec.seed)
     clock(f"scoring {spec.n} examples")

@@ -16,8 +16,8 @@ import pandas as pd
 from leakage.analysis.patching import (PatchResult, PatchRun, clean_and_corrupted, kv_patch_layer_head,
                                        kv_patch_layer_kind, logit_difference, patched_logits)
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
-from leakage.analysis.twins import CausalSpec, Progress, result_frame, run_name, twin_run
-from leakage.engine.model import check_trained_task, load_checkpoint
+from leakage.analysis.twins import CausalSpec, Progress, load_causal_model, result_frame, run_name, twin_run
+from leakage.engine.model import check_trained_task
 
 
 def reference_rows(model, run: PatchRun, bootstrap: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -73,7 +73,7 @@ def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None 
     check_outputs(out, FILES, [spec.checkpoint])
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
-    model, tokenizer = load_checkpoint(spec.checkpoint)
+    model, tokenizer = load_causal_model(spec)
     _, pairs = twin_run(model, tokenizer, spec)
     clock(f"patching {spec.experiment.n} twin pairs")
     frame = patching_maps(model, pairs, spec.experiment.bootstrap, spec.experiment.seed, progress)

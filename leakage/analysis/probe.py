@@ -43,6 +43,9 @@ from leakage.stats import cluster_bootstrap_mean
 N_CLASSES = 10  # digits
 MIN_VALIDATION_GROUPS = 4  # a bootstrap interval over fewer held-out passcodes is no interval
 FLOAT32_EPS = torch.finfo(torch.float32).eps
+COVARIANCE_MAX_FEATURES = 16_384
+"""Whitening eigendecomposes the F x F covariance up to this many features (float64: 2 GiB), and the rows'
+N x N Gram matrix beyond it when the rows are fewer."""
 
 
 @dataclass(frozen=True)
@@ -156,12 +159,20 @@ def whitening(x: torch.Tensor, resolution: float) -> tuple[torch.Tensor, torch.T
     """(mean (F,), projection (F, K)) such that (x - mean) @ projection has identity covariance on `x`
     (N, F): its principal components with standard deviation above `resolution` times the largest one
     (K = 0 when `x` is constant: a probe on nothing, which can only learn the label frequencies).
-    Computed in float64 from the eigendecomposition of the covariance (F x F): float64 resolves its
+    Computed in float64 from the eigendecomposition of the covariance (F x F), or, when that matrix would
+    not fit (F > `COVARIANCE_MAX_FEATURES`: a real-size model's keys and values) and the rows are fewer
+    than the features, of the rows' Gram matrix (N x N), which has the same nonzero eigenvalues, each
+    component being the centred rows mapped through its Gram eigenvector. float64 resolves the
     eigenvalues far below `resolution`**2 of the largest."""
     x = x.double()
     mean = x.mean(0)
     centred = x - mean
-    variance, vectors = torch.linalg.eigh(centred.T @ centred / max(1, len(x) - 1))
+    n = max(1, len(x) - 1)
+    if x.shape[1] <= max(len(x), COVARIANCE_MAX_FEATURES):
+        variance, vectors = torch.linalg.eigh(centred.T @ centred / n)
+    else:  # centred = U S V^T: the Gram matrix's eigenvectors U give V = centred^T U / S
+        variance, rows = torch.linalg.eigh(centred @ centred.T / n)
+        vectors = centred.T @ rows / (variance.clamp_min(0) * n).sqrt().clamp_min(torch.finfo(torch.float64).tiny)
     std = variance.clamp_min(0).sqrt()
     keep = std > max(resolution * float(std.max()), torch.finfo(torch.float64).tiny)
     return mean.float(), (vectors[:, keep] / std[keep]).float()

@@ -28,6 +28,7 @@ import torch
 
 from leakage import shards
 from leakage.engine.capture import capture
+from leakage.engine.views import hf_module
 from leakage.config import EvictionConfig
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -146,23 +147,40 @@ def _pool(tensor: torch.Tensor, lengths: torch.Tensor, pooling: str, axis: int, 
     raise ValueError(f"pooling must be concat, mean or last, got {pooling!r}")
 
 
-MAX_MASK_CELLS = 2 * 10**8
-"""Batch size cap for capture: rows x T^2 cells of the dense mask (float32: 800 MB)."""
+CAPTURE_MEMORY_MB = 8192
+"""The memory one capture forward may take by default (`capture_memory_bytes` estimates a row's)."""
+
+
+def capture_memory_bytes(model, length: int) -> int:
+    """Bytes one row of `length` tokens takes in a memento-masked eager forward, at most: the boolean and
+    additive masks (5 bytes a cell), each layer's attention scores and their softmax ((heads, T, T) twice,
+    float32, freed layer by layer), the cache's keys and values of every layer, a few (T, d_model)
+    activations and the last position's logits."""
+    config = hf_module(model).config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    d_head = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return (length ** 2 * (5 + 8 * heads) + length * 4 * (2 * config.num_hidden_layers * kv_heads * d_head
+                                                          + 16 * config.hidden_size) + 4 * config.vocab_size)
 
 
 @torch.no_grad()
 def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: EvictionConfig,
-                    sites: Sequence[tuple[str, int]], batch_size: int = 64,
+                    sites: Sequence[tuple[str, int]], batch_size: int = 64, memory_mb: int = CAPTURE_MEMORY_MB,
                     progress: Callable[[int], None] | None = None) -> KVDataset:
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
-    one masked forward per batch (`batch_size` rows at most, fewer for long traces: `MAX_MASK_CELLS`)
-    over the prefix that ends at the batch's last site position. Batches of 64 keep a forward's activations
+    one masked forward per batch over the prefix that ends at the batch's last site position:
+    `batch_size` rows at most, and no more than `memory_mb` of the forward's memory
+    (`capture_memory_bytes` of the longest trace) allows; a single row that needs more is an error. Batches of 64 keep a forward's activations
     in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces (`experiments/bench_capture.py`).
     Under `torchrun`, each process captures its share of the batches and every process gets the whole
     dataset (`leakage.shards`): the same batches, so the same numbers as one process."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}
     longest = max(len(t.ids) for t in traces)
-    batch_size = max(1, min(batch_size, MAX_MASK_CELLS // longest ** 2))
+    per_row = capture_memory_bytes(model, longest)
+    if per_row > memory_mb * 2 ** 20:
+        raise ValueError(f"a trace of {longest} tokens needs about {per_row / 2 ** 20:,.0f} MB to capture; the "
+                         f"memory budget is {memory_mb:,} MB (raise memory_mb)")
+    batch_size = max(1, min(batch_size, memory_mb * 2 ** 20 // per_row))
     batches = [traces[start:start + batch_size] for start in range(0, len(traces), batch_size)]
     mine = []
     for index in shards.share(len(batches)):
@@ -188,19 +206,19 @@ def _capture_batch(model, tokenizer, batch: Sequence[ProbeTrace], eviction: Evic
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     wanted = {name: site_of(part, offset, batch[0].passcode_block) for name, (part, offset) in names.items()}
     got = capture(model, tokenizer, [t.ids for t in batch], eviction, wanted, positions=[t.positions for t in batch],
-                  prefix_only=True)
+                  prefix_only=True, all_logits=False)
     kv, lengths, text = {}, {}, {}
     for name in names:
-        valid = got.valid[name]  # (B, P)
+        valid = got.valid[name].cpu()  # (B, P); datasets live on the CPU, where probes train
         lengths[name] = valid.sum(1)
         keys, values = got.keys[name], got.values[name]  # (B, L, H, P, d), zero where not valid
         B, L, H, P, d = keys.shape
         kv[name] = torch.cat([keys.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d),
-                              values.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d)], dim=-1)
+                              values.permute(0, 1, 3, 2, 4).reshape(B, L, P, H * d)], dim=-1).cpu()
         if embed is not None:
             ids = torch.tensor([[t.ids[p] for p in pos.clamp(min=0).tolist()] for t, pos in
                                 zip(batch, got.positions[name])])
-            text[name] = embed(ids) * valid[..., None]
+            text[name] = embed(ids.to(embed.weight.device)).cpu() * valid[..., None]
     return kv, lengths, text
 
 

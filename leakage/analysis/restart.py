@@ -34,9 +34,10 @@ import torch
 from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.config import EvictionConfig
 from leakage.engine.decode import Decoder, force_policy
-from leakage.engine.model import check_trained_task, load_checkpoint
+from leakage.engine.model import check_trained_task
+from leakage.engine.precision import Precision, load_at_precision
 from leakage.stats import cluster_bootstrap_mean, mcnemar_exact
-from leakage.training.evaluate import Accuracy, free_run, validation_examples
+from leakage.training.evaluate import Accuracy, calibration_ids, free_run, validation_examples
 from leakage.training.tasks import Example, TaskConfig, task_spec, unit
 
 
@@ -143,6 +144,7 @@ class RestartSpec:
     n: validation examples.
     seed: seed of the validation examples.
     unit: the scored unit, sums or answer_digits (none: the task's headline unit).
+    precision: compute dtype and what the KV cache stores (`leakage.engine.precision`).
     force: run even if the checkpoint was trained on another task.
     """
 
@@ -152,6 +154,7 @@ class RestartSpec:
     n: int = 256
     seed: int = 1
     unit: str | None = None
+    precision: Precision = Precision()
     force: bool = False
 
     def __post_init__(self):
@@ -173,7 +176,8 @@ def run(spec: RestartSpec, out: str | Path | None = None, *, command: str | None
     check_outputs(out, FILES, [spec.checkpoint])
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
-    model, tokenizer = load_checkpoint(spec.checkpoint)
+    model, tokenizer = load_at_precision(spec.checkpoint, spec.precision,
+                                         lambda tok: calibration_ids(spec.task, tok, spec.seed))
     scored = spec.unit or task_spec(spec.task.task).units[0]
     examples = validation_examples(spec.task, tokenizer, spec.n, spec.seed)
     clock(f"normal and restart decoding of {spec.n} examples ({scored})")

@@ -22,8 +22,10 @@ import pandas as pd
 
 from leakage.analysis.patching import PatchResult, PatchRun, patch_run
 from leakage.config import EvictionConfig
+from leakage.engine.precision import Precision, load_at_precision
 from leakage.memento.schedule import eviction_schedule
 from leakage.memento.spans import parse_spans
+from leakage.training.evaluate import calibration_ids
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec
 
 Progress = Callable | None
@@ -64,6 +66,7 @@ class CausalSpec:
     task: a task whose answer is the passcode (`TaskSpec.answers_passcode`), and its shape.
     eviction: the memento decoding whose cache is edited.
     experiment: sizes and seed.
+    precision: compute dtype and what the KV cache stores (`leakage.engine.precision`).
     force: run even if the checkpoint was trained on another task.
     """
 
@@ -71,6 +74,7 @@ class CausalSpec:
     task: TaskConfig = TaskConfig(task="passcode")
     eviction: EvictionConfig = EvictionConfig()
     experiment: CausalExperiment = CausalExperiment()
+    precision: Precision = Precision()
     force: bool = False
 
     def __post_init__(self):
@@ -87,6 +91,13 @@ class CausalSpec:
         if k + keep > last or (deferred and k + 1 > last):
             raise ValueError(f"passcode_block {k} is never evicted before the answer with {self.task.n_blocks} blocks "
                              f"and keep_last_n_blocks={keep}" + (" (kept for the answer)" if deferred else ""))
+
+
+def load_causal_model(spec: CausalSpec):
+    """(model, tokenizer) of `spec`: its checkpoint at its precision, fp8 scales calibrated on task examples
+    no causal stage scores (`leakage.training.evaluate.calibration_ids`)."""
+    return load_at_precision(spec.checkpoint, spec.precision,
+                             lambda tokenizer: calibration_ids(spec.task, tokenizer, spec.experiment.seed))
 
 
 def digit_token(tokenizer, digit: int) -> int:

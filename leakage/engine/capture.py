@@ -7,7 +7,8 @@
 One dense forward over the right-padded batch with the memento mask of `eviction` (built once per
 batch) computes, at every position, the keys and values that eviction decoding leaves in its cache
 for that position (tested against `leakage.engine.decode` for every eviction spec). Keys and values are read
-from the HF `DynamicCache` the forward fills, so they are exactly what the cache holds, per KV head
+from the HF `DynamicCache` the forward fills, stored as the model's precision stores them
+(`leakage.engine.precision.stored_kv`), so they are exactly what the cache holds, per KV head
 (GQA-aware), for any HF causal LM and through any of the three views (HF module, TransformerLens
 bridge, nnsight). Optionally also the residual stream entering each layer (`resid_pre`) and the
 attention patterns of the sites' queries (`pattern`).
@@ -28,6 +29,7 @@ from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
 from leakage.engine.views import check_token_ids, hf_module, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import attn_pattern_hook, resid_pre_hook
+from leakage.engine.precision import stored_kv
 from leakage.memento.mask import additive_mask, memento_mask
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -69,8 +71,9 @@ def _named_sites(sites) -> dict[str, Site]:
     return {str(s): s for s in parsed}
 
 
-def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_pattern: bool):
-    """(logits, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None)."""
+def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_pattern: bool, all_logits: bool = True):
+    """(logits, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None); without
+    `all_logits`, the HF module computes the last position's logits only."""
     kwargs = dict(attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
     if is_bridge(model):
         L = hf_module(model).config.num_hidden_layers
@@ -81,6 +84,8 @@ def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_patte
         pattern = [acts[attn_pattern_hook(i)] for i in range(L)] if want_pattern else None
         return logits, resid, pattern
     extra = dict(output_hidden_states=want_resid, output_attentions=want_pattern)
+    if not all_logits:
+        extra["logits_to_keep"] = 1  # the LM head over every position: a large share of a real vocabulary's cost
     if is_nnsight(model):
         with model.trace(ids, **kwargs, **extra):
             out = model.output.save()
@@ -95,7 +100,8 @@ def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_patte
 @torch.no_grad()
 def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Sequence[str] = ("keys", "values"), *,
             prompt_len: int | Sequence[int | None] | None = None,
-            positions: Sequence[TracePositions] | None = None, prefix_only: bool = False) -> Captured:
+            positions: Sequence[TracePositions] | None = None, prefix_only: bool = False,
+            all_logits: bool = True) -> Captured:
     """One memento-masked forward over a right-padded batch; activations `at` the named `sites`.
 
     Args:
@@ -109,6 +115,11 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
         prefix_only: forward only the batch's positions up to its last site position (the mask is the
             full sequence's, cut to that prefix: every captured activation is the same, since nothing
             at a position depends on later ones); `logits` then cover that prefix only.
+        all_logits: False: `logits` of the last position only (HF module view), for callers that read keys
+            and values alone.
+    Inputs are built on the CPU and moved to the device of the model's first parameters (with
+    `device_map="auto"`, accelerate's hooks move activations between devices); captured tensors stay on
+    the device they were computed on.
     Raises `KeyError` naming the row and site when a row lacks a site.
     """
     unknown = set(at) - set(ACTIVATIONS)
@@ -135,16 +146,20 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
     if prefix_only:
         T = 1 + max([int(w.max()) for w in where.values() if w.numel()] + [0])
         ids, mask = ids[:, :T], mask[..., :T, :T]
-    position_ids = torch.arange(T)[None].expand(B, T)
+    device = next(hf_module(model).parameters()).device  # inputs go where the model (its first layer) is
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = torch.arange(T, device=device)[None].expand(B, T)
     cache = DynamicCache(config=hf_module(model).config)
-    logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at)
+    logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at,
+                                      all_logits)
 
-    keys = torch.stack([layer.keys for layer in cache_layers(cache)], 1)  # (B, L, kv_heads, T, d_head)
-    values = torch.stack([layer.values for layer in cache_layers(cache)], 1)
+    stored = [stored_kv(model, i, layer.keys, layer.values) for i, layer in enumerate(cache_layers(cache))]
+    keys = torch.stack([k for k, _ in stored], 1)  # (B, L, kv_heads, T, d_head), as the cache stores them
+    values = torch.stack([v for _, v in stored], 1)
     out = Captured(sites=named, positions={}, valid={}, keys={}, values={}, resid_pre={}, pattern={}, logits=logits)
     for name in named:
-        valid = where[name] >= 0
-        index = where[name].clamp(min=0)  # (B, P); invalid slots read position 0 and are zeroed below
+        valid = (where[name] >= 0).to(device)
+        index = where[name].clamp(min=0).to(device)  # (B, P); invalid slots read position 0 and are zeroed below
         out.positions[name], out.valid[name] = where[name], valid
         if "keys" in at:
             out.keys[name] = _gather(keys, index, valid, position_axis=3)

@@ -177,3 +177,13 @@ def evaluate_examples(model, tokenizer, examples: list[Example], evaluations: tu
 def validation_examples(task: TaskConfig, tokenizer, n: int, seed: int) -> list[Example]:
     """The first `n` validation examples of `task` (seed `seed`)."""
     return [make_example(task, tokenizer, seed, i, "val") for i in range(n)]
+
+
+CALIBRATION_EXAMPLES = 64
+"""Examples that fp8 KV scales are calibrated on (`leakage.engine.precision.calibrate`)."""
+
+
+def calibration_ids(task: TaskConfig, tokenizer, seed: int, n: int = CALIBRATION_EXAMPLES) -> list[list[int]]:
+    """Token ids of the `n` validation examples of `task` drawn with seed + 7, which no scoring set of a run
+    seeded `seed` uses: what a run's fp8 KV scales are calibrated on."""
+    return [e.ids for e in validation_examples(task, tokenizer, n, seed + 7)]

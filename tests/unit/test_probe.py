@@ -159,3 +159,19 @@ def test_bad_inputs_are_named():
         fit_probe(torch.full((100, 4), float("nan")), labels, groups)
     with pytest.raises(ValueError, match="probe kind"):
         ProbeConfig(kind="forest")
+
+
+def test_whitening_with_more_features_than_rows_takes_the_same_components_from_the_gram_matrix(monkeypatch):
+    import leakage.analysis.probe as probe
+
+    monkeypatch.setattr(probe, "COVARIANCE_MAX_FEATURES", 100)  # the Gram path at a size the test can check
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(30, 8, generator=g) @ torch.randn(8, 200, generator=g)).double()  # rank 8, F = 200 > N = 30
+    mean, projection = whitening(x, 10 * torch.finfo(torch.float32).eps)  # the Gram path
+    assert projection.shape == (200, 8)
+    z = (x.float() - mean) @ projection
+    assert torch.allclose(torch.cov(z.T), torch.eye(8), atol=1e-3)
+    centred = x - x.mean(0)  # the covariance path's components, computed here directly
+    variance, vectors = torch.linalg.eigh(centred.T @ centred / 29)
+    expected = (vectors[:, -8:] / variance[-8:].sqrt()).float()
+    assert torch.allclose(projection.abs(), expected.abs(), atol=1e-4)  # the same components, up to sign

@@ -1,0 +1,104 @@
+"""The passcode channel at each precision, across the main job's training seeds.
+
+    python experiments/precision_seeds.py --seeds 0,1,2,3,4
+
+For each seed S, `leakage.analysis.precision_channel.run` (what `leakage precision` runs) on the main job's
+model of that seed (`runs/reproduce-passcode4-fast-seed{S}/final`, trained by `leakage reproduce --seeds 5`),
+with examples, traces and probe seeded by S as the main job's probe was; its CSV, JSON and figure go to
+`{out_dir}/precision/seed{S}/`. Then, across seeds, `{out_dir}/precision_channel.csv` (every row, with its
+seed), `precision_summary.csv` (per precision and measure: seeds, median, min, max, and in how many seeds
+the interval lies above chance: a statement about seeds) and the figure `precision_channel.png`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from leakage.analysis import precision_channel
+from leakage.flags import parse
+from leakage.io import atomic_write_json, atomic_write_text
+from leakage.plotting import plot_precision_channel
+
+CHANCE = 0.1  # a digit
+
+
+@dataclass(frozen=True)
+class Options:
+    """The seeds and where results go.
+
+    spec: what each seed's run measures; its checkpoint names the model of seed {seed}.
+    seeds: training seeds of the main job's model.
+    out_dir: folder of the results.
+    threads: torch threads.
+    """
+
+    spec: precision_channel.PrecisionSpec = precision_channel.PrecisionSpec("runs/reproduce-passcode4-fast-seed{seed}/final")
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    out_dir: str = "figures"
+    threads: int = 2
+
+
+def summary(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per precision and measure, across seeds: the value (accuracy, points or bits), median, min, max, and
+    the seeds whose 95% interval lies above chance (accuracies) or below zero (restart drop)."""
+    out = []
+    for (precision, measure), group in rows.groupby(["precision", "measure"], sort=False):
+        value = group["points"] if measure == "restart_drop" else group["accuracy"]
+        entry = {"precision": precision, "measure": measure, "seeds": len(group), "median": value.median(),
+                 "min": value.min(), "max": value.max()}
+        if measure == "restart_drop":
+            entry["seeds_beyond_null"] = int((group.ci95_high < 0).sum())
+            entry["null"] = "no drop (interval below 0)"
+        else:
+            entry["seeds_beyond_null"] = int((group.ci95_low > CHANCE).sum())
+            entry["null"] = "chance (interval above 10%)"
+        if "bits_leaked" in group and group.bits_leaked.notna().any():
+            entry.update(bits_median=group.bits_leaked.median(), bits_min=group.bits_leaked.min(),
+                         bits_max=group.bits_leaked.max())
+        if "probe_budget" in group and group.probe_budget.notna().any():
+            entry["probe_budget"] = int(group.probe_budget.iloc[0])
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def main() -> None:
+    options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
+                    skip=("spec.checkpoint", "spec.seed", "spec.eviction.restart", "spec.eviction.max_block_tokens",
+                          "spec.task.short_block_rate", "spec.task.passcode_blocks"))
+    torch.set_num_threads(options.threads)
+    out = Path(options.out_dir)
+    command = "python experiments/precision_seeds.py " + " ".join(sys.argv[1:])
+    start = time.perf_counter()
+    frames = []
+    for seed in options.seeds:
+        spec = replace(options.spec, checkpoint=options.spec.checkpoint.format(seed=seed), seed=seed)
+        print(f"seed {seed}: {spec.checkpoint}")
+        record = precision_channel.run(spec, out / "precision" / f"seed{seed}" / "precision", command=command,
+                                       log=print)
+        frames.append(record.rows.assign(seed=seed))
+    rows = pd.concat(frames, ignore_index=True)
+    table = summary(rows)
+    atomic_write_text(out / "precision_channel.csv", rows.assign(command=command).to_csv(index=False))
+    atomic_write_text(out / "precision_summary.csv", table.assign(command=command).to_csv(index=False))
+    plot_precision_channel(rows, out / "precision_channel.png",
+                           title=f"the passcode channel at each precision, main job's model, {len(options.seeds)} seeds")
+    seconds = time.perf_counter() - start
+    atomic_write_json(out / "precision_seeds.json", {
+        "command": command, "seeds": list(options.seeds), "wall_seconds": seconds,
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch": torch.__version__, "torch_threads": options.threads}})
+    print(table.to_string(index=False, float_format="%.3f"))
+    print(f"{len(options.seeds)} seeds in {seconds:.0f} s; wrote {out / 'precision_channel.csv'}, precision_summary.csv, "
+          "precision_channel.png")
+
+
+if __name__ == "__main__":
+    main()

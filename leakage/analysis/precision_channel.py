@@ -1,0 +1,141 @@
+"""`leakage precision`: the passcode channel of one checkpoint at each compute and stored-KV precision.
+
+    record = run(PrecisionSpec("runs/reproduce-passcode4-fast-seed0/final"))
+    record.rows   # one row per precision and measure
+
+For every precision (`leakage.engine.precision`: compute dtype and what the KV cache stores), on a copy
+of the checkpoint that computes and stores that way:
+* used: the passcode's answer digits, teacher-forced, under memento decoding and under restart decoding
+  (the memento text identical, the block's KV recomputed without it), and the restart drop between them
+  (percentage points, restart minus memento on the same units; interval: a bootstrap over examples, as
+  `leakage.analysis.restart` draws it);
+* present: the probe (`spec.probe`, on `probe_traces` traces; its budget is the training rows) at the
+  memento of the block after the passcode's (masked d=1) and at the passcode block's retained delimiters
+  (its four boundary tokens together), with the MDL online code length in bits leaked per passcode when
+  `bits` is set.
+fp8 scales are calibrated once per precision on `calibration` task examples that neither scoring set uses
+(`leakage.training.evaluate.calibration_ids`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from leakage.analysis.probe import ProbeConfig, fit_probe, mdl_codelength
+from leakage.analysis.probe_data import capture_dataset, site_name, synthetic_traces
+from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
+from leakage.config import EvictionConfig
+from leakage.engine.model import check_trained_task, load_checkpoint
+from leakage.engine.precision import FP8, calibrate, precision_preset, with_precision
+from leakage.stats import cluster_bootstrap_mean
+from leakage.training.evaluate import CALIBRATION_EXAMPLES, accuracy, calibration_ids, validation_examples
+from leakage.training.tasks import TaskConfig
+
+DELIMITERS = ("block_start", "block_end", "summary_start", "summary_end")
+"""The passcode block's boundary tokens, retained after its eviction (mask_delimiters off)."""
+
+
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """What `leakage precision` measures.
+
+    checkpoint: local HF checkpoint directory of a passcode-task model.
+    task: the passcode task and its shape.
+    precisions: precision presets (`leakage.engine.precision.PRECISION_PRESETS`), the first the reference.
+    eviction: the memento decoding (its restart variant is scored too).
+    n_eval: validation examples for the answer accuracies.
+    probe_traces: traces of the probe datasets.
+    probe: the probe (the paper's MLP by default).
+    bits: also the MDL code length (bits leaked per passcode) of each probe.
+    calibration: task examples the fp8 scales are calibrated on.
+    seed: seed of the examples, traces and probes.
+    force: run even if the checkpoint was trained on another task.
+    """
+
+    checkpoint: str
+    task: TaskConfig = TaskConfig(task="passcode", n_blocks=4, passcode_block=1)
+    precisions: tuple[str, ...] = ("float32", "bf16", "fp16", "kv_bf16", "kv_fp16", "kv_fp8", "kv_fp8_head",
+                                   "kv_fp8_unit", "kv_fp8_e5m2", "kv_int8", "kv_int4", "bf16_kv_fp8")
+    eviction: EvictionConfig = EvictionConfig()
+    n_eval: int = 256
+    probe_traces: int = 6_000
+    probe: ProbeConfig = ProbeConfig()
+    bits: bool = True
+    calibration: int = CALIBRATION_EXAMPLES
+    seed: int = 0
+    force: bool = False
+
+    def __post_init__(self):
+        for name in self.precisions:
+            precision_preset(name)
+        if not self.precisions:
+            raise ValueError("precisions: name at least one precision preset")
+        if self.task.passcode_block is None or self.task.passcode_block + 1 >= self.task.n_blocks:
+            raise ValueError("the task needs a passcode block followed by another block (masked d=1)")
+        if min(self.n_eval, self.probe_traces, self.calibration) < 1:
+            raise ValueError("n_eval, probe_traces and calibration must be at least 1")
+
+
+FILES = (".csv", ".json", ".png")
+"""What `run(spec, out)` writes beside the stem `out`."""
+
+
+def measure(model, tokenizer, spec: PrecisionSpec, name: str, log: Log = lambda _: None) -> list[dict]:
+    """The rows of one precision preset `name` (module docstring) on the float32 `model`."""
+    precision = precision_preset(name)
+    calibration = calibration_ids(spec.task, tokenizer, spec.seed, spec.calibration) if precision.calibrated else []
+    run_model = with_precision(model, precision, calibrate(model, calibration, precision))
+    examples = validation_examples(spec.task, tokenizer, spec.n_eval, spec.seed + 1)
+    common = {"precision": name, "compute": precision.compute, "kv": precision.kv,
+              "kv_scale": precision.kv_scale if precision.kv in FP8 else None}
+    scored = {mode: accuracy(run_model, tokenizer, examples, replace(spec.eviction, restart=mode == "restart"),
+                             "answer_digits") for mode in ("memento", "restart")}
+    rows = [{**common, "measure": f"answer_{mode}", **a.as_dict()} for mode, a in scored.items()]
+    delta = scored["restart"].hits.astype(float) - scored["memento"].hits.astype(float)  # the same units, paired
+    low, high = cluster_bootstrap_mean(delta, scored["memento"].example, 2000, spec.seed)
+    rows.append({**common, "measure": "restart_drop", "points": 100 * delta.mean(), "ci95_low": 100 * low,
+                 "ci95_high": 100 * high, "interval": f"cluster bootstrap over {len(examples)} examples, paired"})
+    traces = synthetic_traces(spec.task, tokenizer, spec.probe_traces, seed=spec.seed)
+    data = capture_dataset(run_model, tokenizer, traces, spec.eviction,
+                           [("memento", 1)] + [(part, 0) for part in DELIMITERS])
+    features = {"masked_d1": data.features(site_name("memento", 1)),
+                "delimiters": torch.cat([data.features(site_name(part, 0)) for part in DELIMITERS], 1)}
+    for site, x in features.items():
+        result = fit_probe(x, data.labels, data.groups, spec.probe, spec.seed)
+        row = {**common, "measure": f"probe_{site}", **result.as_dict(), "probe_budget": result.n_train}
+        row.pop("per_digit")
+        if spec.bits:
+            mdl = mdl_codelength(x, data.labels, data.groups, spec.probe, spec.seed)
+            row.update(bits_leaked=mdl.bits_leaked, uniform_bits_per_passcode=mdl.uniform_bits / mdl.rows,
+                       mdl_rows=mdl.rows)
+        rows.append(row)
+    log(f"  {name}: answer memento {scored['memento'].value:.3f}, restart {scored['restart'].value:.3f}; "
+        f"probe masked d=1 {rows[-2]['accuracy']:.3f}" + (f" ({rows[-2]['bits_leaked']:.2f} bits)" if spec.bits else ""))
+    return rows
+
+
+def run(spec: PrecisionSpec, out: str | Path | None = None, *, command: str | None = None,
+        log: Log | None = None) -> Record:
+    """Every precision of `spec` on its checkpoint (module docstring); CSV, JSON and a figure at `out`."""
+    check_outputs(out, FILES, [spec.checkpoint])
+    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    clock = Clock(log)
+    model, tokenizer = load_checkpoint(spec.checkpoint)
+    rows = []
+    for name in spec.precisions:
+        clock(f"precision {name}")
+        rows += measure(model, tokenizer, spec, name, clock)
+    table = pd.DataFrame(rows)
+    results = {f"{r['precision']}/{r['measure']}": r.get("accuracy", r.get("points")) for r in rows}
+    return finish(__name__, spec, results, table, clock, command, out, figures)
+
+
+def figures(record: Record, stem: Path) -> list[Path]:
+    """Precision x {used (answer under memento and restart), present (probe accuracy)}: one panel each."""
+    from leakage.plotting import plot_precision_channel
+
+    return [plot_precision_channel(record.rows, beside(stem, ".png"), title=f"{record.spec.checkpoint}")]
