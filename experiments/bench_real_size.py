@@ -6,8 +6,8 @@ For each model (`MODELS`: Qwen3-0.6B's config, and the same config cut to fewer 
 with depth) and each trace length (passcode-task traces with as many blocks as reach the length), a fresh
 subprocess builds the model (the real 151,936-token vocabulary, so embeddings and the LM head are real
 size), captures the probe's sites (the memento after the passcode's, the last block's memento, so that the
-forward runs over the whole trace, and the passcode block's delimiters) of `traces` traces with `capture_dataset` under the capture memory budget, and fits the linear probe on
-the captured features; it reports wall time, tokens per second and the process's peak resident memory
+forward runs over the whole trace, and the passcode block's delimiters) of `traces` traces with
+`capture_dataset` under the capture memory budget, and fits the linear probe on the captured features; it reports wall time, tokens per second and the process's peak resident memory
 (`ru_maxrss`: the whole process, model included). The JSON holds every point, and the fitted scaling of
 capture time with trace length (the exponent of time ~ length^a) and with layers.
 """
@@ -82,13 +82,14 @@ def point(model_name: str, length: int, traces: int, memory_mb: int, threads: in
     capture_s = time.perf_counter() - start
     prefix = sum(1 + max(t.positions.select(f"memento@{task.n_blocks - 1}")) for t in probe_traces)
     start = time.perf_counter()
-    result = fit_probe(data.features(site_name("memento", 1)), data.labels, data.groups,
-                       ProbeConfig(kind="linear", max_epochs=20), seed=0)
+    features = data.features(site_name("memento", 1))
+    result = fit_probe(features, data.labels, data.groups, ProbeConfig(kind="linear", max_epochs=20), seed=0)
     probe_s = time.perf_counter() - start
     return {"model": model_name, "layers": MODELS[model_name].n_layers,
-            "parameters": sum(p.numel() for p in model.parameters()), "trace_tokens": float(np.mean([len(t.ids) for t in probe_traces])),
-            "traces": traces, "captured_tokens": prefix, "build_seconds": built, "capture_seconds": capture_s,
-            "capture_tokens_per_s": prefix / capture_s, "features": int(data.features(site_name("memento", 1)).shape[1]),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "trace_tokens": float(np.mean([len(t.ids) for t in probe_traces])), "traces": traces,
+            "captured_tokens": prefix, "build_seconds": built, "capture_seconds": capture_s,
+            "capture_tokens_per_s": prefix / capture_s, "features": int(features.shape[1]),
             "probe_seconds": probe_s, "probe_accuracy_random_weights": result.accuracy,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -452,8 +452,9 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             _analysis_flags(command, name)
         command.set_defaults(func=_analysis)
 
-    check = sub.add_parser("selfcheck", help="parity checks before trusting numbers at a precision: HF == bridge == "
-                           "nnsight, eviction decoding == masked forward, capture == decoder cache, patch nothing == clean")
+    check = sub.add_parser("selfcheck", help="parity checks before trusting numbers at a precision: HF == bridge "
+                           "== nnsight, eviction decoding == masked forward, capture == decoder cache, patch "
+                           "nothing == clean")
     if verb in ("selfcheck", "all"):
         from leakage.analysis.selfcheck import SelfcheckSpec
 

@@ -169,9 +169,10 @@ def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: Ev
                     progress: Callable[[int], None] | None = None) -> KVDataset:
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
     one masked forward per batch over the prefix that ends at the batch's last site position:
-    `batch_size` rows at most, and no more than `memory_mb` of the forward's memory
-    (`capture_memory_bytes` of the longest trace) allows; a single row that needs more is an error. Batches of 64 keep a forward's activations
-    in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces (`experiments/bench_capture.py`).
+    `batch_size` rows at most, and no more than `memory_mb` of the forward's memory allows
+    (`capture_memory_bytes` of the longest trace); a single row that needs more is an error. Batches of 64
+    keep a forward's activations in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces
+    (`experiments/bench_capture.py`).
     Under `torchrun`, each process captures its share of the batches and every process gets the whole
     dataset (`leakage.shards`): the same batches, so the same numbers as one process."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}

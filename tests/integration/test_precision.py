@@ -44,7 +44,8 @@ def test_fp8_storage_is_the_saturated_fp8_cast_of_x_over_scale():
 
 
 def test_per_head_scales_scale_each_kv_head_alone():
-    x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 100.0, 0.001]).view(1, 3, 1, 1)
+    heads = torch.tensor([1.0, 100.0, 0.001]).view(1, 3, 1, 1)  # three KV heads of very different sizes
+    x = torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(0)) * heads
     scales = x.abs().amax((0, 2, 3)) / 448
     per_head = quantise(x, "fp8_e4m3", scales)
     for h in range(3):
@@ -212,7 +213,8 @@ def test_every_analysis_runner_takes_the_precision_from_its_spec(checkpoint, tmp
     asked = []
     model, _ = load_at_precision(checkpoint, Precision(), lambda tok: asked.append(tok) or ROWS)
     assert not asked and not hasattr(model, "leakage_storage")  # float32 as computed: the checkpoint as loaded
-    model, _ = load_at_precision(checkpoint, Precision(kv="fp8_e4m3", kv_scale="head"), lambda tok: asked.append(tok) or ROWS)
+    model, _ = load_at_precision(checkpoint, Precision(kv="fp8_e4m3", kv_scale="head"),
+                                 lambda tok: asked.append(tok) or ROWS)
     assert len(asked) == 1 and model.config._attn_implementation == "leakage_stored_kv"
     task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)
     record = evaluation.run(evaluation.EvaluationSpec(checkpoint, task, n=4, precision=Precision(kv="int4")),
