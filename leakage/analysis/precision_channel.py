@@ -26,14 +26,14 @@ import pandas as pd
 import torch
 
 from leakage.analysis.probe import ProbeConfig, fit_probe, mdl_codelength
-from leakage.analysis.probe_data import capture_dataset, site_name, synthetic_traces
+from leakage.analysis.probe_data import ProbeTrace, capture_dataset, site_name, synthetic_traces
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
 from leakage.config import EvictionConfig
 from leakage.engine.model import check_trained_task, load_checkpoint
-from leakage.engine.precision import FP8, calibrate, precision_preset, with_precision
+from leakage.engine.precision import FP8, at_precision, precision_preset
 from leakage.stats import cluster_bootstrap_mean
 from leakage.training.evaluate import CALIBRATION_EXAMPLES, accuracy, calibration_ids, validation_examples
-from leakage.training.tasks import TaskConfig
+from leakage.training.tasks import Example, TaskConfig
 
 DELIMITERS = ("block_start", "block_end", "summary_start", "summary_end")
 """The passcode block's boundary tokens, retained after its eviction (mask_delimiters off)."""
@@ -84,12 +84,13 @@ FILES = (".csv", ".json", ".png")
 """What `run(spec, out)` writes beside the stem `out`."""
 
 
-def measure(model, tokenizer, spec: PrecisionSpec, name: str, log: Log = lambda _: None) -> list[dict]:
-    """The rows of one precision preset `name` (module docstring) on the float32 `model`."""
+def measure(model, tokenizer, spec: PrecisionSpec, name: str, examples: list[Example], traces: list[ProbeTrace],
+            log: Log = lambda _: None) -> list[dict]:
+    """The rows of one precision preset `name` (module docstring) on the float32 `model`: the answer scored
+    on `examples`, the probes fitted on `traces`."""
     precision = precision_preset(name)
-    calibration = calibration_ids(spec.task, tokenizer, spec.seed, spec.calibration) if precision.calibrated else []
-    run_model = with_precision(model, precision, calibrate(model, calibration, precision))
-    examples = validation_examples(spec.task, tokenizer, spec.n_eval, spec.seed + 1)
+    run_model = at_precision(model, tokenizer, precision,
+                             lambda tok: calibration_ids(spec.task, tok, spec.seed, spec.calibration))
     common = {"precision": name, "compute": precision.compute, "kv": precision.kv,
               "kv_scale": precision.kv_scale if precision.kv in FP8 else None}
     scored = {mode: accuracy(run_model, tokenizer, examples, replace(spec.eviction, restart=mode == "restart"),
@@ -99,7 +100,6 @@ def measure(model, tokenizer, spec: PrecisionSpec, name: str, log: Log = lambda 
     low, high = cluster_bootstrap_mean(delta, scored["memento"].example, 2000, spec.seed)
     rows.append({**common, "measure": "restart_drop", "points": 100 * delta.mean(), "ci95_low": 100 * low,
                  "ci95_high": 100 * high, "interval": f"cluster bootstrap over {len(examples)} examples, paired"})
-    traces = synthetic_traces(spec.task, tokenizer, spec.probe_traces, seed=spec.seed)
     data = capture_dataset(run_model, tokenizer, traces, spec.eviction,
                            [("memento", 1)] + [(part, 0) for part in DELIMITERS])
     features = {"masked_d1": data.features(site_name("memento", 1)),
@@ -125,10 +125,12 @@ def run(spec: PrecisionSpec, out: str | Path | None = None, *, command: str | No
     check_trained_task(spec.checkpoint, spec.task.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
+    examples = validation_examples(spec.task, tokenizer, spec.n_eval, spec.seed + 1)
+    traces = synthetic_traces(spec.task, tokenizer, spec.probe_traces, seed=spec.seed)
     rows = []
     for name in spec.precisions:
         clock(f"precision {name}")
-        rows += measure(model, tokenizer, spec, name, clock)
+        rows += measure(model, tokenizer, spec, name, examples, traces, clock)
     table = pd.DataFrame(rows)
     results = {f"{r['precision']}/{r['measure']}": r.get("accuracy", r.get("points")) for r in rows}
     return finish(__name__, spec, results, table, clock, command, out, figures)

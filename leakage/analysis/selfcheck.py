@@ -31,7 +31,7 @@ from leakage.config import EvictionConfig
 from leakage.engine.capture import capture
 from leakage.engine.decode import teacher_force
 from leakage.engine.model import build_model, load_checkpoint
-from leakage.engine.precision import (FP8, INT_BITS, Precision, calibrate, precision_preset, stored_kv,
+from leakage.engine.precision import (FP8, INT_BITS, Precision, at_precision, kv_storage, precision_preset,
                                       with_precision)
 from leakage.engine.views import to_bridge, to_nnsight
 from leakage.memento.mask import additive_mask, memento_mask
@@ -97,15 +97,20 @@ def selfcheck(spec: SelfcheckSpec) -> list[dict]:
     task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)
     traces = synthetic_traces(task, tokenizer, spec.n_traces, seed=spec.seed)
     rows_ids = [t.ids for t in traces]
-    run_model = with_precision(model, precision, calibrate(model, rows_ids, precision))
+    run_model = at_precision(model, tokenizer, precision, lambda _: rows_ids)
     computed = with_precision(model, Precision(compute=precision.compute))  # the compute dtype alone, for the views
 
     def masked(m, ids, eviction):
         mask = additive_mask(memento_mask(ids, tokenizer, eviction=eviction)).to(precision.dtype)
         return m(torch.tensor([ids]), attention_mask=mask).logits[0].float()
 
+    reference = {}  # (ids, eviction) -> the float32 model's masked logits, computed once
+
     def moved(m, ids, eviction) -> float:
-        return float((masked(m, ids, eviction) - masked(model, ids, eviction)).abs().max())
+        key = (tuple(ids), eviction)
+        if key not in reference:
+            reference[key] = masked(model, ids, eviction)
+        return float((masked(m, ids, eviction) - reference[key]).abs().max())
 
     out = []
     bridge, view = to_bridge(computed), to_nnsight(computed)
@@ -134,13 +139,15 @@ def selfcheck(spec: SelfcheckSpec) -> list[dict]:
 
 def capture_rows(run_model, tokenizer, rows_ids, precision: Precision) -> list[dict]:
     """capture's keys and values against the decoder's stored cache, memento decoding."""
-    final = [{} for _ in rows_ids]  # row -> position -> [(keys, values) per layer], (1, kv_heads, 1, d_head)
+    final = [{} for _ in rows_ids]  # row -> position -> [(keys, values) per layer], (kv_heads, d_head), as stored
+    storage = kv_storage(run_model)
 
     def snapshot(step, cache):
         for b, positions in enumerate(step.positions):
-            for p in positions:
-                final[b][p] = [stored_kv(run_model, layer, cache.keys(layer)[b, :, p][None, :, None],
-                                         cache.values(layer)[b, :, p][None, :, None]) for layer in range(cache.n_layers)]
+            for p in positions:  # LayerStorage takes (B, kv_heads, T, d_head): this position as B = T = 1
+                final[b][p] = [(s.keys(cache.keys(layer)[b, :, p][None, :, None])[0, :, 0],
+                                s.values(cache.values(layer)[b, :, p][None, :, None])[0, :, 0])
+                               for layer, s in enumerate(storage)]
 
     teacher_force(run_model, tokenizer, rows_ids, EVICTIONS["memento"], on_step=snapshot)
     sites = [f"{part}@{k}" for k in range(2) for part in BLOCK_PARTS]
@@ -152,8 +159,8 @@ def capture_rows(run_model, tokenizer, rows_ids, precision: Precision) -> list[d
                 if p < 0:
                     continue
                 for layer, (keys, values) in enumerate(final[b][p]):
-                    for got, want in ((captured.keys[site][b, layer, :, i], keys[0, :, 0]),
-                                      (captured.values[site][b, layer, :, i], values[0, :, 0])):
+                    for got, want in ((captured.keys[site][b, layer, :, i], keys),
+                                      (captured.values[site][b, layer, :, i], values)):
                         difference = max(difference, float((got.float() - want.float()).abs().max()))
                         tolerance = max(tolerance, relative_step(precision) * float(want.float().abs().max()))
     return [_row("capture", "stored keys and values at every block part", difference, tolerance)]

@@ -8,7 +8,7 @@ One dense forward over the right-padded batch with the memento mask of `eviction
 batch) computes, at every position, the keys and values that eviction decoding leaves in its cache
 for that position (tested against `leakage.engine.decode` for every eviction spec). Keys and values are read
 from the HF `DynamicCache` the forward fills, stored as the model's precision stores them
-(`leakage.engine.precision.stored_kv`), so they are exactly what the cache holds, per KV head
+(`leakage.engine.precision.kv_storage`), so they are exactly what the cache holds, per KV head
 (GQA-aware), for any HF causal LM and through any of the three views (HF module, TransformerLens
 bridge, nnsight). Optionally also the residual stream entering each layer (`resid_pre`) and the
 attention patterns of the sites' queries (`pattern`).
@@ -29,7 +29,7 @@ from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
 from leakage.engine.views import check_token_ids, hf_module, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import attn_pattern_hook, resid_pre_hook
-from leakage.engine.precision import stored_kv
+from leakage.engine.precision import kv_storage
 from leakage.memento.mask import additive_mask, memento_mask
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -153,9 +153,9 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
     logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at,
                                       all_logits)
 
-    stored = [stored_kv(model, i, layer.keys, layer.values) for i, layer in enumerate(cache_layers(cache))]
-    keys = torch.stack([k for k, _ in stored], 1)  # (B, L, kv_heads, T, d_head), as the cache stores them
-    values = torch.stack([v for _, v in stored], 1)
+    layers = list(zip(kv_storage(model), cache_layers(cache)))  # as the cache stores them:
+    keys = torch.stack([storage.keys(layer.keys) for storage, layer in layers], 1)  # (B, L, kv_heads, T, d_head)
+    values = torch.stack([storage.values(layer.values) for storage, layer in layers], 1)
     out = Captured(sites=named, positions={}, valid={}, keys={}, values={}, resid_pre={}, pattern={}, logits=logits)
     for name in named:
         valid = (where[name] >= 0).to(device)

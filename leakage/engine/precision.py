@@ -21,7 +21,7 @@ the cache (prefill and decode alike, the current token included) and attention r
 cache. Each rule above is a function of one stored vector and fixed scales, so quantising the keys and
 values the attention function receives (what `with_precision` installs, around the model's own eager
 attention) computes exactly what storing quantised vectors computes: masked forward and eviction
-decoding stay equal, and `stored_kv` gives the capture what the cache holds.
+decoding stay equal, and `kv_storage` gives the capture what the cache holds.
 
 Deliberate differences, named: HF's `QuantizedCache` keeps the last `residual_length` tokens unquantised
 and quantises whole-cache groups along channels (history-dependent); here every token is stored
@@ -226,21 +226,23 @@ def with_precision(model, precision: Precision, scales: list[dict[str, torch.Ten
     return out
 
 
-def stored_kv(model, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(keys, values) of `layer` as `model`'s cache stores them: quantised by the storage `with_precision`
-    installed, unchanged for any other model. keys, values: (B, kv_heads, T, d_head)."""
-    layers = _attention_modules(hf_module(model))
-    storage = getattr(layers[layer], "leakage_storage", None) if layer < len(layers) else None
-    if storage is None:
-        return keys, values
-    return storage.keys(keys), storage.values(values)
+def kv_storage(model) -> list[LayerStorage]:
+    """How each layer of `model`'s cache stores keys and values, in layer order: the storage `with_precision`
+    installed, or as computed (`LayerStorage("compute")`, the identity) for any other model."""
+    return [getattr(m, "leakage_storage", None) or LayerStorage("compute") for m in _attention_modules(hf_module(model))]
+
+
+def at_precision(model, tokenizer, precision: Precision, calibration: Callable[[object], Sequence[Sequence[int]]]):
+    """`model` itself when `precision` is float32 stored as computed, else its `with_precision` copy with fp8
+    scales calibrated on `calibration(tokenizer)` (called only when the precision needs scales)."""
+    if precision == Precision():
+        return model
+    return with_precision(model, precision, calibrate(model, calibration(tokenizer) if precision.calibrated else [],
+                                                      precision))
 
 
 def load_at_precision(checkpoint: str, precision: Precision, calibration: Callable[[object], Sequence[Sequence[int]]]):
-    """(model, tokenizer): `checkpoint` loaded (`leakage.engine.model.load_checkpoint`) and, unless `precision` is
-    float32 stored as computed, its `with_precision` copy, fp8 scales calibrated on `calibration(tokenizer)`."""
+    """(model, tokenizer): `checkpoint` loaded (`leakage.engine.model.load_checkpoint`) at `precision`
+    (`at_precision`)."""
     model, tokenizer = load_checkpoint(checkpoint)
-    if precision == Precision():
-        return model, tokenizer
-    return with_precision(model, precision, calibrate(model, calibration(tokenizer) if precision.calibrated else [],
-                                                      precision)), tokenizer
+    return at_precision(model, tokenizer, precision, calibration), tokenizer

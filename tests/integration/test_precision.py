@@ -8,7 +8,7 @@ from leakage.config import EvictionConfig, ModelPreset
 from leakage.engine.capture import capture
 from leakage.engine.decode import teacher_force
 from leakage.engine.model import build_model
-from leakage.engine.precision import (FP8, PRECISION_PRESETS, Precision, calibrate, quantise, stored_kv,
+from leakage.engine.precision import (FP8, PRECISION_PRESETS, Precision, calibrate, kv_storage, quantise,
                                       with_precision)
 from leakage.engine.views import to_bridge
 from leakage.memento.mask import additive_mask, memento_mask
@@ -102,7 +102,9 @@ def test_with_precision_copies_and_leaves_the_model_as_it_was():
     assert torch.equal(dense_logits(plain, ROWS[0], EvictionConfig()), before)
     assert (dense_logits(fp8, ROWS[0], EvictionConfig()) - before).abs().max() > 1e-4  # fp8 storage acts
     keys = torch.randn(1, 2, 3, 32)
-    assert stored_kv(model, 0, keys, keys)[0] is keys  # a model without storage: what the cache holds
+    assert [s.kind for s in kv_storage(model)] == ["compute"] * 4  # a model without storage: as computed
+    assert kv_storage(model)[0].keys(keys) is keys
+    assert [s.kind for s in kv_storage(fp8)] == ["fp8_e4m3"] * 4
     with pytest.raises(ValueError, match="calibrated scales"):
         with_precision(model, PRECISION_PRESETS["kv_fp8"])
     with pytest.raises(TypeError, match="HF module"):
@@ -143,8 +145,8 @@ def test_captured_kv_is_what_the_decoder_cache_stores(preset):
         keys = captured.keys[site].transpose(0, 1)  # (L, B, kv_heads, P, d): one layer's cache tensor each
         # layer 0's keys are computed alike (from the embeddings): they differ by storage alone
         assert not torch.equal(captured.keys[site][:, 0], raw.keys[site][:, 0])
-        for layer in range(len(keys)):
-            stored, _ = stored_kv(run_model, layer, keys[layer], keys[layer])
+        for layer, storage in enumerate(kv_storage(run_model)):
+            stored = storage.keys(keys[layer])
             if precision.kv in FP8:  # static fp8 scales are idempotent: the captured keys lie on the fp8 grid
                 assert torch.equal(stored, keys[layer])
 
