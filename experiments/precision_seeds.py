@@ -12,8 +12,6 @@ the interval lies above chance: a statement about seeds) and the figure `precisi
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -24,26 +22,23 @@ import torch
 
 from leakage.analysis import precision_channel
 from leakage.flags import parse
-from leakage.io import atomic_write_json, atomic_write_text
+from leakage.io import atomic_write_text
 from leakage.plotting import plot_precision_channel
+from leakage.sweeps import SeedSweep, write_sweep_record
 
 CHANCE = 0.1  # a digit
 
 
 @dataclass(frozen=True)
 class Options:
-    """The seeds and where results go.
+    """What each seed runs and the sweep.
 
     spec: what each seed's run measures; its checkpoint names the model of seed {seed}.
-    seeds: training seeds of the main job's model.
-    out_dir: folder of the results.
-    threads: torch threads.
+    sweep: the seeds, the results' folder and torch threads.
     """
 
     spec: precision_channel.PrecisionSpec = precision_channel.PrecisionSpec("runs/reproduce-passcode4-fast-seed{seed}/final")
-    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    out_dir: str = "figures"
-    threads: int = 2
+    sweep: SeedSweep = SeedSweep()
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -73,12 +68,12 @@ def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
                     skip=("spec.checkpoint", "spec.seed", "spec.eviction.restart", "spec.eviction.max_block_tokens",
                           "spec.task.short_block_rate", "spec.task.passcode_blocks"))
-    torch.set_num_threads(options.threads)
-    out = Path(options.out_dir)
+    torch.set_num_threads(options.sweep.threads)
+    out = Path(options.sweep.out_dir)
     command = "python experiments/precision_seeds.py " + " ".join(sys.argv[1:])
     start = time.perf_counter()
     frames = []
-    for seed in options.seeds:
+    for seed in options.sweep.seeds:
         spec = replace(options.spec, checkpoint=options.spec.checkpoint.format(seed=seed), seed=seed)
         print(f"seed {seed}: {spec.checkpoint}")
         record = precision_channel.run(spec, out / "precision" / f"seed{seed}" / "precision", command=command,
@@ -89,15 +84,13 @@ def main() -> None:
     atomic_write_text(out / "precision_channel.csv", rows.assign(command=command).to_csv(index=False))
     atomic_write_text(out / "precision_summary.csv", table.assign(command=command).to_csv(index=False))
     plot_precision_channel(rows, out / "precision_channel.png",
-                           title=f"the passcode channel at each precision, main job's model, {len(options.seeds)} seeds")
+                           title=f"the passcode channel at each precision, main job's model, "
+                                 f"{len(options.sweep.seeds)} seeds")
     seconds = time.perf_counter() - start
-    atomic_write_json(out / "precision_seeds.json", {
-        "command": command, "seeds": list(options.seeds), "wall_seconds": seconds,
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": options.threads}})
+    write_sweep_record(out / "precision_seeds.json", options.sweep, command, seconds)
     print(table.to_string(index=False, float_format="%.3f"))
-    print(f"{len(options.seeds)} seeds in {seconds:.0f} s; wrote {out / 'precision_channel.csv'}, precision_summary.csv, "
-          "precision_channel.png")
+    print(f"{len(options.sweep.seeds)} seeds in {seconds:.0f} s; wrote {out / 'precision_channel.csv'}, "
+          "precision_summary.csv, precision_channel.png")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does.
 
-The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `precision`,
+The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `das`, `precision`,
 `capacity`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
 gives the verb's flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this
 module only prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
@@ -258,6 +258,17 @@ def _show_probe(record) -> None:
     print(f"{record.results['n_traces']} traces, {len(record.rows)} probes in {record.seconds:.0f} s")
 
 
+def _show_das(record) -> None:
+    frame = record.rows
+    das = frame[frame.experiment.isin(["reference", "das"]) & (frame.pairs == "val")]
+    print(das[["experiment", "intervention", "layer", "kv_head", "which", "site", "k", "value", "ci95_low",
+               "ci95_high"]].to_string(index=False, float_format="%.3f"))
+    rest = frame[frame.experiment.isin(["placebo", "graft", "angle"])]
+    if len(rest):
+        print(rest[["experiment", "intervention", "measure", "value", "ci95_low", "ci95_high"]].to_string(
+            index=False, float_format="%.3f"))
+
+
 def _show_table(columns: list[str], select: Callable | None = None):
     def show(record) -> None:
         frame = record.rows if select is None else record.rows[select(record.rows)]
@@ -317,6 +328,10 @@ ANALYSES: dict[str, Analysis] = {
                                                "answer_high"]),
                       ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                        "eviction.max_block_tokens"), _BLOCKS),
+    "das": Analysis("das", "DasSpec", "distributed alignment search on the retained KV: interchange accuracy vs "
+                    "subspace size per layer x KV head, placebos, grafts onto restart KV, probe/LEACE angles",
+                    _show_das, ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
+                                "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "precision": Analysis("precision_channel", "PrecisionSpec", "the passcode channel at each compute / stored-KV "
                           "precision: answer under memento and restart, probes and bits",
                           _show_table(["precision", "measure", "accuracy", "ci95_low", "ci95_high", "points"]),

@@ -438,3 +438,44 @@ def plot_precision_channel(frame, path: str | Path, title: str = "") -> Path:
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+@styled()
+def plot_das(frame, path: str | Path, title: str = "") -> Path:
+    """A `leakage.analysis.das` frame (one run, or several with a `seed` column): left, interchange accuracy
+    (IIA) against the subspace size k in every searched cell (the whole cell at k = F), with the clean cache
+    and the whole twin cache; right, the answer's accuracy under the placebos and the grafts onto restart KV."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    runs = frame.groupby("seed") if "seed" in frame else [(None, frame)]
+    palette = sns.color_palette("tab10")
+    for (seed, rows), color in zip(runs, palette):
+        das = rows[rows.experiment == "das"]
+        searched = das[~das.whole_cell.astype(bool)][["layer", "kv_head", "which", "site"]].drop_duplicates()
+        for cell in searched.itertuples(index=False):
+            points = das[(das.layer == cell.layer) & (das.kv_head == cell.kv_head) & (das.which == cell.which) &
+                         (das.site == cell.site)].sort_values("k")
+            label = (f"seed {seed}: " if seed is not None else "") + f"L{cell.layer} H{cell.kv_head} {cell.which}"
+            left.errorbar(points.k, points.value, yerr=[points.value - points.ci95_low, points.ci95_high - points.value],
+                          fmt="o-", color=color, capsize=2, lw=1, ms=3, label=label)
+        reference = rows[(rows.experiment == "reference") & (rows.pairs == "val")].set_index("intervention")
+        left.axhline(reference.value["twin_cache"], color=color, ls=":", lw=1)
+        left.axhline(reference.value["clean"], color=color, ls="--", lw=0.8)
+    left.set_xscale("log", base=2)
+    left.set_xlabel("subspace dimensions k (largest: the whole cell)")
+    left.set_ylabel("interchange accuracy (source's digit)")
+    if left.get_legend_handles_labels()[0]:
+        left.legend(frameon=False, fontsize=6, ncol=2)
+    left.set_title("dotted: whole twin cache; dashed: clean", fontsize=8)
+    bars = frame[frame.experiment.isin(["placebo", "graft"]) & (frame.measure == "answer_accuracy")]
+    if len(bars):
+        bars = bars.assign(case=bars.experiment + ": " + bars.intervention)
+        seeded = "seed" in bars
+        sns.stripplot(data=bars, y="case", x="value", hue="seed" if seeded else None, ax=right, size=5,
+                      palette="tab10" if seeded else None, legend=False)
+        right.axvline(0.1, color="grey", ls="--", lw=1)
+        right.set_xlim(0, 1.02)
+        right.set_xlabel("answer digit accuracy (target's passcode)")
+        right.set_ylabel("")
+        right.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, y=1.02)
+    return save_figure(fig, path)

@@ -83,6 +83,13 @@ class PatchRun:
     held: torch.Tensor
     kinds: list[str]
 
+    def subset(self, rows) -> "PatchRun":
+        """The run of the examples at `rows` (indices into the batch), in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        pick = lambda kv: KV(kv.keys[rows], kv.values[rows])
+        return replace(self, ids=self.ids[rows], mask=self.mask[rows], answer=self.answer[rows],
+                       target=pick(self.target), source=pick(self.source), held=self.held[rows])
+
     def with_source(self, source: KV) -> "PatchRun":
         """The same run with another source of replacement KV (mean, zero, restart, ...)."""
         if source.keys.shape != self.target.keys.shape:
@@ -144,7 +151,10 @@ def patch_run(model, tokenizer, ids, source_ids, eviction: EvictionConfig, at: i
 
 # -- the patched forward, three ways -------------------------------------------------------------------
 
-def _suffix_hf(model, run: PatchRun, kv: KV) -> torch.Tensor:
+def suffix_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
+    """(B, Q, V): the logits at `run.queries` of the HF module with `kv` as the cache at step `run.at` (the
+    queries from `at` on recomputed). Differentiable in `kv` (what `leakage.analysis.das` trains through);
+    `patched_logits` is the same without gradients, on any view."""
     cache = DynamicCache(config=hf_module(model).config)
     for layer in range(kv.keys.shape[1]):
         cache.update(kv.keys[:, layer], kv.values[:, layer], layer)
@@ -220,7 +230,7 @@ def patched_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
         return _suffix_bridge(model, run, kv)
     if is_nnsight(model):
         return _suffix_nnsight(model, run, kv)
-    return _suffix_hf(model, run, kv)
+    return suffix_logits(model, run, kv)
 
 
 # -- metrics --------------------------------------------------------------------------------------------

@@ -83,3 +83,26 @@ def test_causal_commands_write_csv_config_and_figure(capsys, tmp_path, tiny, com
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["task"]["task"] == "passcode" and config["experiment"]["strengths"] == [0.0, 1.0]
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_das_writes_every_part_on_a_tiny_model(capsys, tmp_path, tiny):
+    """`leakage das` end to end; --min-effect -1 searches every cell of the random model, so the placebos,
+    grafts and angles run too."""
+    import json
+
+    import pandas as pd
+
+    from leakage.engine.model import save_model
+
+    save_model(*tiny, tmp_path / "ckpt")
+    out = tmp_path / "das.csv"
+    assert main(["das", str(tmp_path / "ckpt"), "--n", "6", "--n-train", "40", "--steps", "2", "--ks", "1,2",
+                 "--min-effect", "-1", "--random-subspaces", "20", "--bootstrap", "20", "--blocks", "3",
+                 "--passcode-block", "0", "--out", str(out)]) == 0
+    frame = pd.read_csv(out)
+    assert set(frame.experiment) == {"reference", "das", "placebo", "graft", "angle"}
+    das = frame[frame.experiment == "das"]
+    assert len(das) == 3 * len(das[das.whole_cell.astype(bool)])  # every cell: whole, k=1, k=2
+    config = json.loads(out.with_suffix(".json").read_text())
+    assert config["das"]["ks"] == [1, 2] and {"top_cell", "placebo", "graft", "cells_searched"} <= set(config)
+    assert out.with_suffix(".png").stat().st_size > 0

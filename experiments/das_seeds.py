@@ -1,0 +1,101 @@
+"""Distributed alignment search on the retained KV, across the main job's training seeds.
+
+    python experiments/das_seeds.py --seeds 0,1,2,3,4
+
+For each seed S, `leakage.analysis.das.run` (what `leakage das` runs) on the main job's model of that seed
+(`runs/reproduce-passcode4-fast-seed{S}/final`, trained by `leakage reproduce --seeds 5`), with twins and
+subspaces seeded by S; its CSV, JSON and figure go to `{out_dir}/das/seed{S}/`. Then, across seeds,
+`{out_dir}/das.csv` (every row, with its seed), `das_summary.csv` (one row per seed: the references, the top
+cell, its IIA by k and smallest carrying k, the placebos, grafts and angles; then the median and range over
+seeds) and the figure `das.png`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from leakage.analysis import das
+from leakage.analysis.twins import CausalExperiment
+from leakage.flags import parse
+from leakage.io import atomic_write_text
+from leakage.plotting import plot_das
+from leakage.sweeps import SeedSweep, write_sweep_record
+from leakage.training.tasks import TaskConfig
+
+
+@dataclass(frozen=True)
+class Options:
+    """What each seed runs and the sweep.
+
+    spec: what each seed's run measures; its checkpoint names the model of seed {seed}.
+    sweep: the seeds, the results' folder and torch threads.
+    """
+
+    spec: das.DasSpec = das.DasSpec("runs/reproduce-passcode4-fast-seed{seed}/final",
+                                    TaskConfig(task="passcode", n_blocks=4, passcode_block=1),
+                                    experiment=CausalExperiment(n=256))
+    sweep: SeedSweep = SeedSweep()
+
+
+def seed_row(seed: int, rows: pd.DataFrame, results: dict) -> dict:
+    """One seed's headline numbers, flat."""
+    row = {"seed": seed, "iia_clean": results["iia_clean"], "iia_twin_cache": results["iia_twin_cache"],
+           "cells_searched": results["cells_searched"]}
+    whole = rows[(rows.experiment == "das") & rows.whole_cell.astype(bool)]
+    row["cells_whole_iia_above_0.1"] = int((whole.value > 0.1).sum())
+    top = results.get("top_cell")
+    if top:
+        row.update(top_cell=f"L{top['layer']} H{top['kv_head']} {top['which']} {top['site']}",
+                   top_whole_iia=top["whole_iia"], smallest_carrying_k=top["smallest_carrying_k"],
+                   **{f"iia_k{k}": v for k, v in top["iia_by_k"].items()})
+        for part in ("placebo", "graft"):
+            row.update({f"{part}_{name}": value for name, value in results[part].items()})
+        for angle in rows[rows.experiment == "angle"].itertuples():
+            name = f"angle_{angle.intervention}_{angle.measure.split('_')[0]}"
+            row.update({name: angle.value, f"{name}_random_p05": angle.random_p05,
+                        f"{name}_random_p50": angle.random_p50})
+    return row
+
+
+def summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed rows, then the median, min and max over seeds of every numeric column."""
+    numeric = per_seed.drop(columns=["seed"]).select_dtypes("number")
+    spread = pd.DataFrame([{"seed": name, **getattr(numeric, name)().to_dict()} for name in ("median", "min", "max")])
+    return pd.concat([per_seed.assign(seed=per_seed.seed.astype(str)), spread], ignore_index=True)
+
+
+def main() -> None:
+    options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
+                    skip=("spec.checkpoint", "spec.experiment.seed", "spec.eviction.restart",
+                          "spec.eviction.max_block_tokens", "spec.task.short_block_rate", "spec.task.passcode_blocks"))
+    torch.set_num_threads(options.sweep.threads)
+    out = Path(options.sweep.out_dir)
+    command = "python experiments/das_seeds.py " + " ".join(sys.argv[1:])
+    start = time.perf_counter()
+    frames, seeds = [], []
+    for seed in options.sweep.seeds:
+        spec = replace(options.spec, checkpoint=options.spec.checkpoint.format(seed=seed),
+                       experiment=replace(options.spec.experiment, seed=seed))
+        print(f"seed {seed}: {spec.checkpoint}")
+        record = das.run(spec, out / "das" / f"seed{seed}" / "das", command=command, log=print)
+        frames.append(record.rows.assign(seed=seed))
+        seeds.append(seed_row(seed, record.rows, record.results))
+    rows = pd.concat(frames, ignore_index=True)
+    table = summary(pd.DataFrame(seeds))
+    atomic_write_text(out / "das.csv", rows.assign(command=command).to_csv(index=False))
+    atomic_write_text(out / "das_summary.csv", table.assign(command=command).to_csv(index=False))
+    plot_das(rows, out / "das.png", title=f"DAS on the retained KV, main job's model, {len(options.sweep.seeds)} seeds")
+    seconds = time.perf_counter() - start
+    write_sweep_record(out / "das_seeds.json", options.sweep, command, seconds)
+    print(table.round(3).T.to_string())
+    print(f"{len(options.sweep.seeds)} seeds in {seconds:.0f} s; wrote {out / 'das.csv'}, das_summary.csv, das.png")
+
+
+if __name__ == "__main__":
+    main()
