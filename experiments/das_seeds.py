@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from leakage.analysis import das
-from leakage.analysis.twins import CausalExperiment
 from leakage.flags import parse
 from leakage.io import atomic_write_text
 from leakage.plotting import plot_das
-from leakage.sweeps import SeedSweep, write_sweep_record
-from leakage.training.tasks import TaskConfig
+from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_job_causal_spec, per_seed,
+                            write_sweep_record)
 
 
 @dataclass(frozen=True)
@@ -37,9 +37,7 @@ class Options:
     sweep: the seeds, the results' folder and torch threads.
     """
 
-    spec: das.DasSpec = das.DasSpec("runs/reproduce-passcode4-fast-seed{seed}/final",
-                                    TaskConfig(task="passcode", n_blocks=4, passcode_block=1),
-                                    experiment=CausalExperiment(n=256))
+    spec: das.DasSpec = main_job_causal_spec(das.DasSpec)
     sweep: SeedSweep = SeedSweep()
 
 
@@ -63,30 +61,22 @@ def seed_row(seed: int, rows: pd.DataFrame, results: dict) -> dict:
     return row
 
 
-def summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+def summary(seeds: pd.DataFrame) -> pd.DataFrame:
     """The per-seed rows, then the median, min and max over seeds of every numeric column."""
-    numeric = per_seed.drop(columns=["seed"]).select_dtypes("number")
+    numeric = seeds.drop(columns=["seed"]).select_dtypes("number")
     spread = pd.DataFrame([{"seed": name, **getattr(numeric, name)().to_dict()} for name in ("median", "min", "max")])
-    return pd.concat([per_seed.assign(seed=per_seed.seed.astype(str)), spread], ignore_index=True)
+    return pd.concat([seeds.assign(seed=seeds.seed.astype(str)), spread], ignore_index=True)
 
 
 def main() -> None:
-    options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
-                    skip=("spec.checkpoint", "spec.experiment.seed", "spec.eviction.restart",
-                          "spec.eviction.max_block_tokens", "spec.task.short_block_rate", "spec.task.passcode_blocks"))
+    options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"}, skip=CAUSAL_SKIP)
     torch.set_num_threads(options.sweep.threads)
     out = Path(options.sweep.out_dir)
     command = "python experiments/das_seeds.py " + " ".join(sys.argv[1:])
     start = time.perf_counter()
-    frames, seeds = [], []
-    for seed in options.sweep.seeds:
-        spec = replace(options.spec, checkpoint=options.spec.checkpoint.format(seed=seed),
-                       experiment=replace(options.spec.experiment, seed=seed))
-        print(f"seed {seed}: {spec.checkpoint}")
-        record = das.run(spec, out / "das" / f"seed{seed}" / "das", command=command, log=print)
-        frames.append(record.rows.assign(seed=seed))
-        seeds.append(seed_row(seed, record.rows, record.results))
-    rows = pd.concat(frames, ignore_index=True)
+    rows, records = per_seed(options.sweep, partial(causal_spec_of_seed, options.spec), das.run, "das",
+                             command, print)
+    seeds = [seed_row(seed, record.rows, record.results) for seed, record in zip(options.sweep.seeds, records)]
     table = summary(pd.DataFrame(seeds))
     atomic_write_text(out / "das.csv", rows.assign(command=command).to_csv(index=False))
     atomic_write_text(out / "das_summary.csv", table.assign(command=command).to_csv(index=False))

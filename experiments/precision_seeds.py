@@ -24,7 +24,7 @@ from leakage.analysis import precision_channel
 from leakage.flags import parse
 from leakage.io import atomic_write_text
 from leakage.plotting import plot_precision_channel
-from leakage.sweeps import SeedSweep, write_sweep_record
+from leakage.sweeps import SeedSweep, per_seed, write_sweep_record
 
 CHANCE = 0.1  # a digit
 
@@ -72,14 +72,8 @@ def main() -> None:
     out = Path(options.sweep.out_dir)
     command = "python experiments/precision_seeds.py " + " ".join(sys.argv[1:])
     start = time.perf_counter()
-    frames = []
-    for seed in options.sweep.seeds:
-        spec = replace(options.spec, checkpoint=options.spec.checkpoint.format(seed=seed), seed=seed)
-        print(f"seed {seed}: {spec.checkpoint}")
-        record = precision_channel.run(spec, out / "precision" / f"seed{seed}" / "precision", command=command,
-                                       log=print)
-        frames.append(record.rows.assign(seed=seed))
-    rows = pd.concat(frames, ignore_index=True)
+    rows, _ = per_seed(options.sweep, lambda seed: replace(options.spec, checkpoint=options.spec.checkpoint.format(
+        seed=seed), seed=seed), precision_channel.run, "precision", command, print)
     table = summary(rows)
     atomic_write_text(out / "precision_channel.csv", rows.assign(command=command).to_csv(index=False))
     atomic_write_text(out / "precision_summary.csv", table.assign(command=command).to_csv(index=False))

@@ -1,7 +1,7 @@
 """The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does.
 
-The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `das`, `precision`,
-`capacity`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
+The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `das`, `erasers`,
+`precision`, `capacity`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
 gives the verb's flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this
 module only prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
 """
@@ -332,6 +332,12 @@ ANALYSES: dict[str, Analysis] = {
                     "subspace size per layer x KV head, placebos, grafts onto restart KV, probe/LEACE angles",
                     _show_das, ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                                 "eviction.max_block_tokens"), _BLOCKS, progress=True),
+    "erasers": Analysis("erasers", "ErasersSpec", "every way to remove the channel on one curve: LEACE, random "
+                        "subspace, DAS-subspace ablation, mean, resample, restart; passcode answer and probe vs "
+                        "running sums", _show_table(["eraser", "answer_accuracy", "sums_accuracy", "probe_accuracy",
+                                                     "probe_bits", "probe_budget"], lambda f: f.experiment == "eraser"),
+                        ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
+                         "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "precision": Analysis("precision_channel", "PrecisionSpec", "the passcode channel at each compute / stored-KV "
                           "precision: answer under memento and restart, probes and bits",
                           _show_table(["precision", "measure", "accuracy", "ci95_low", "ci95_high", "points"]),

@@ -445,7 +445,7 @@ def plot_das(frame, path: str | Path, title: str = "") -> Path:
     """A `leakage.analysis.das` frame (one run, or several with a `seed` column): left, interchange accuracy
     (IIA) against the subspace size k in every searched cell (the whole cell at k = F), with the clean cache
     and the whole twin cache; right, the answer's accuracy under the placebos and the grafts onto restart KV."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2], "wspace": 0.55})
     runs = frame.groupby("seed") if "seed" in frame else [(None, frame)]
     palette = sns.color_palette("tab10")
     for (seed, rows), color in zip(runs, palette):
@@ -454,9 +454,10 @@ def plot_das(frame, path: str | Path, title: str = "") -> Path:
         for cell in searched.itertuples(index=False):
             points = das[(das.layer == cell.layer) & (das.kv_head == cell.kv_head) & (das.which == cell.which) &
                          (das.site == cell.site)].sort_values("k")
-            label = (f"seed {seed}: " if seed is not None else "") + f"L{cell.layer} H{cell.kv_head} {cell.which}"
-            left.errorbar(points.k, points.value, yerr=[points.value - points.ci95_low, points.ci95_high - points.value],
-                          fmt="o-", color=color, capsize=2, lw=1, ms=3, label=label)
+            label = f"L{cell.layer:.0f} H{cell.kv_head:.0f} {cell.which}"
+            label = label if seed is None else f"seed {seed}: {label}"
+            errors = [points.value - points.ci95_low, points.ci95_high - points.value]
+            left.errorbar(points.k, points.value, yerr=errors, fmt="o-", color=color, capsize=2, lw=1, ms=3, label=label)
         reference = rows[(rows.experiment == "reference") & (rows.pairs == "val")].set_index("intervention")
         left.axhline(reference.value["twin_cache"], color=color, ls=":", lw=1)
         left.axhline(reference.value["clean"], color=color, ls="--", lw=0.8)
@@ -477,5 +478,27 @@ def plot_das(frame, path: str | Path, title: str = "") -> Path:
         right.set_xlabel("answer digit accuracy (target's passcode)")
         right.set_ylabel("")
         right.tick_params(axis="y", labelsize=7)
+    fig.suptitle(title, y=1.02)
+    return save_figure(fig, path)
+
+
+@styled()
+def plot_erasers(frame, path: str | Path, title: str = "") -> Path:
+    """A `leakage.analysis.erasers` frame (one run, or several with a `seed` column): the passcode answer
+    (left) and the probe's bits (right) against the running-sum accuracy, one point per eraser (per seed)."""
+    rows = frame[frame.experiment == "eraser"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    palette = dict(zip(sorted(rows.eraser.unique()), sns.color_palette("tab10")))
+    style = "seed" if "seed" in rows else None
+    for ax, column, label in ((left, "answer_accuracy", "passcode answer digit accuracy"),
+                              (right, "probe_bits", "probe: bits per passcode (budget in the CSV)")):
+        sns.scatterplot(data=rows, x="sums_accuracy", y=column, hue="eraser", style=style, palette=palette, ax=ax,
+                        s=45, legend=ax is left)
+        ax.set_xlabel("running-sum digit accuracy after the eviction")
+        ax.set_ylabel(label)
+    left.axhline(0.1, color="grey", ls="--", lw=1)
+    right.axhline(0.0, color="grey", ls="--", lw=1)
+    if left.get_legend() is not None:
+        sns.move_legend(left, "lower left", fontsize=6, frameon=False, ncol=2)
     fig.suptitle(title, y=1.02)
     return save_figure(fig, path)

@@ -87,7 +87,7 @@ class DasConfig:
     random_subspaces: random subspaces in the angle baseline.
     """
 
-    ks: tuple[int, ...] = (1, 2, 4, 8)
+    ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     sites: tuple[str, ...] = ("leaked",)
     n_train: int = 1024
     steps: int = 120
@@ -268,10 +268,38 @@ def model_logits(model) -> LogitsOf:
     return lambda run, kv: suffix_logits(model, run, kv)
 
 
-def search(model, tokenizer, spec: DasSpec, log: Log = lambda _: None,
-           progress: Progress = None) -> tuple[pd.DataFrame, Cell | None]:
-    """Every row of the experiment (module docstring) and the top searched cell (None: no cell's whole
-    interchange moved the training pairs' answer by `min_effect`)."""
+@dataclass
+class Search:
+    """A DAS screen and its fits: the rows so far (references, every cell's whole interchange, the k sweep of
+    the searched cells), the twin runs (training and validation pairs, and their examples), the fitted
+    subspaces {cell: {k: subspace}} and each cell's whole-interchange effect on the training pairs."""
+
+    frame: pd.DataFrame
+    train: PatchRun
+    val: PatchRun
+    examples: list
+    fitting: list
+    subspaces: dict[Cell, dict[int, RotatedSubspace]]
+    effect: dict[Cell, float]
+    carries: float
+
+    @property
+    def top(self) -> Cell | None:
+        """The searched cell whose whole interchange moves the training pairs most (None: none searched)."""
+        return max(self.subspaces, key=self.effect.get) if self.subspaces else None
+
+    def carrying_k(self, cell: Cell) -> int | None:
+        """The cell's smallest carrying k, else its largest fitted k (None: the cell is smaller than every k)."""
+        return smallest_carrying_k(self.frame, cell, self.carries) or max(self.subspaces[cell], default=None)
+
+    def carrying(self, cell: Cell) -> RotatedSubspace | None:
+        k = self.carrying_k(cell)
+        return None if k is None else self.subspaces[cell][k]
+
+
+def fit_cells(model, tokenizer, spec: DasSpec, log: Log = lambda _: None, progress: Progress = None) -> Search:
+    """The references, every cell's whole interchange, and the k sweep of the cells whose whole interchange
+    moves the training pairs by `min_effect` (module docstring)."""
     config, experiment, seed = spec.das, spec.experiment, spec.experiment.seed
     examples, twins, digits = passcode_pairs(spec.task, tokenizer, experiment.n, seed)
     val = passcode_run(model, tokenizer, examples, twins, digits, spec.eviction)
@@ -315,18 +343,25 @@ def search(model, tokenizer, spec: DasSpec, log: Log = lambda _: None,
         log(f"  {cell.site} layer {cell.layer} head {cell.kv_head} {cell.which}: whole cell "
             f"{float(whole['val'].mean()):.3f}; " + ", ".join(f"k={r['k']}: {r['value']:.3f}"
                                                             for r in rows[len(rows) - len(subspaces[cell]):]))
-    frame = pd.DataFrame(rows)
-    if not subspaces:
-        return frame, None
-    top = max(subspaces, key=effect.get)
-    k = smallest_carrying_k(frame, top, config.carries) or max(subspaces[top], default=None)
-    if k is None:  # the top cell is smaller than every k: its whole interchange is all there is
-        return frame, top
-    subspace = subspaces[top][k]
-    log(f"top cell: {top.site} layer {top.layer} head {top.kv_head} {top.which}, k={k}: placebos, grafts, angles")
-    return pd.concat([frame, placebos(model, tokenizer, spec, val, examples, top, subspace),
-                      grafts(model, tokenizer, spec, examples, top, subspace),
-                      angles(train, fitting, top, subspace, config.random_subspaces, seed)], ignore_index=True), top
+    return Search(pd.DataFrame(rows), train, val, examples, fitting, subspaces, effect, config.carries)
+
+
+def search(model, tokenizer, spec: DasSpec, log: Log = lambda _: None,
+           progress: Progress = None) -> tuple[pd.DataFrame, Cell | None]:
+    """Every row of the experiment (module docstring) and the top searched cell (None: no cell's whole
+    interchange moved the training pairs' answer by `min_effect`)."""
+    found = fit_cells(model, tokenizer, spec, log, progress)
+    top = found.top
+    subspace = found.carrying(top) if top is not None else None
+    if subspace is None:  # nothing searched, or the top cell is smaller than every k: its whole interchange is all
+        return found.frame, top
+    log(f"top cell: {top.site} layer {top.layer} head {top.kv_head} {top.which}, k={subspace.basis.shape[1]}: "
+        "placebos, grafts, angles")
+    return pd.concat([found.frame, placebos(model, tokenizer, spec, found.val, found.examples, top, subspace),
+                      grafts(model, tokenizer, spec, found.examples, top, subspace),
+                      angles(found.train, found.fitting, top, subspace, spec.das.random_subspaces,
+                             spec.experiment.seed)],
+                     ignore_index=True), top
 
 
 def _cell_rows(frame: pd.DataFrame, cell: Cell) -> pd.DataFrame:

@@ -39,7 +39,8 @@ def kv_features(kv: KV, layer: int, positions: list[int]) -> torch.Tensor:
     return torch.cat([keys.flatten(1), values.flatten(1)], 1).double()
 
 
-def _set_features(kv: KV, layer: int, positions: list[int], features: torch.Tensor) -> None:
+def set_features(kv: KV, layer: int, positions: list[int], features: torch.Tensor) -> None:
+    """Write `features` (B, F, laid out as `kv_features`) back into `kv` at `layer` and `positions`, in place."""
     B, _, H, _, d = kv.keys.shape
     half = features.shape[1] // 2
     kv.keys[:, layer][:, :, positions] = features[:, :half].reshape(B, H, len(positions), d).to(kv.keys.dtype)
@@ -113,7 +114,7 @@ def erasure_curve(model, tokenizer, task: TaskConfig, eviction: EvictionConfig, 
             erased_probe_set, erased = probe_run.target.clone(), run.target.clone()
             for layer, eraser in enumerate(per_layer):
                 for kv in (erased_probe_set, erased):
-                    _set_features(kv, layer, positions, eraser(kv_features(kv, layer, positions), strength))
+                    set_features(kv, layer, positions, eraser(kv_features(kv, layer, positions), strength))
             features = torch.cat([kv_features(erased_probe_set, layer, positions) for layer in range(L)], 1).float()
             probed = fit_probe(features, labels, groups, probe, experiment.seed)
             logits = patched_logits(model, run, erased)
