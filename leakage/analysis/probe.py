@@ -100,7 +100,7 @@ class ProbeConfig:
 PROBE_PRESETS: dict[str, ProbeConfig] = {
     "mlp": ProbeConfig(),  # the paper's probe
     "linear": ProbeConfig(kind="linear"),
-    "smoke": ProbeConfig(kind="linear", max_epochs=5),  # seconds: tests and smoke runs
+    "smoke": ProbeConfig(kind="linear", whiten=False, max_epochs=5),  # seconds: tests and smoke runs (no F x F eigh)
 }
 
 

@@ -108,22 +108,28 @@ def test_das_writes_every_part_on_a_tiny_model(capsys, tmp_path, tiny):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_erasers_write_one_row_per_eraser_on_a_tiny_model(capsys, tmp_path, tiny):
-    """`leakage erasers` end to end (every cell searched, so the DAS eraser has subspaces to ablate): the clean
-    row removes nothing, and every eraser has its answer, running sums and probe."""
+def test_erasers_write_one_row_per_eraser_on_a_tiny_model(tmp_path, tiny):
+    """The `leakage erasers` runner end to end (every cell searched, so the DAS eraser has subspaces to ablate;
+    a linear probe on standardised features keeps it to seconds): the clean row removes nothing, and every
+    eraser has its answer, running sums and probe."""
     import pandas as pd
 
-    from leakage.analysis.erasers import ERASERS
+    from leakage.analysis import erasers
+    from leakage.analysis.das import DasConfig
+    from leakage.analysis.probe import ProbeConfig
+    from leakage.analysis.twins import CausalExperiment
     from leakage.engine.model import save_model
+    from leakage.training.tasks import TaskConfig
 
     save_model(*tiny, tmp_path / "ckpt")
-    out = tmp_path / "erasers.csv"
-    assert main(["erasers", str(tmp_path / "ckpt"), "--n", "6", "--reference", "40", "--n-train", "40", "--steps", "2",
-                 "--ks", "1", "--min-effect", "-1", "--bootstrap", "20", "--blocks", "3", "--passcode-block", "0",
-                 "--out", str(out)]) == 0
-    frame = pd.read_csv(out)
+    spec = erasers.ErasersSpec(str(tmp_path / "ckpt"), TaskConfig(task="passcode", n_blocks=3, passcode_block=0),
+                               experiment=CausalExperiment(n=6, reference=40, bootstrap=20),
+                               das=DasConfig(ks=(1,), n_train=40, steps=2, min_effect=-1))
+    out = tmp_path / "erasers"
+    erasers.run(spec, out, probe=ProbeConfig(kind="linear", whiten=False, max_epochs=3))
+    frame = pd.read_csv(out.with_suffix(".csv"))
     curve = frame[frame.experiment == "eraser"].set_index("eraser")
-    assert list(curve.index) == list(ERASERS)
+    assert list(curve.index) == list(erasers.ERASERS)
     assert curve.loc["none", ["answer_removed", "sums_lost", "bits_removed"]].abs().max() == 0
     assert curve[["answer_accuracy", "sums_accuracy", "probe_accuracy", "probe_bits"]].notna().all().all()
     assert (curve.loc["das", "das_cells"] == 16) and out.with_suffix(".png").stat().st_size > 0

@@ -12,7 +12,6 @@ from leakage.engine.precision import (FP8, PRECISION_PRESETS, Precision, calibra
                                       with_precision)
 from leakage.engine.views import to_bridge
 from leakage.memento.mask import additive_mask, memento_mask
-from leakage.memento.positions import BLOCK_PARTS
 from leakage.memento.trace import MementoTrace
 from leakage.training.tasks import TaskConfig
 
