@@ -57,8 +57,9 @@ from leakage.analysis.erasure import leace_eraser, leaked_positions, one_hot_dig
 from leakage.analysis.patching import KV, PatchRun, answer_correct, patched_logits, suffix_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
-from leakage.analysis.twins import (CausalSpec, Progress, digit_token, load_causal_model, passcode_pairs,
-                                    passcode_run, run_name)
+from leakage.analysis.ablation import restart
+from leakage.analysis.twins import (CausalSpec, Progress, load_causal_model, passcode_pairs, passcode_run, run_name,
+                                    with_passcode)
 from leakage.engine.model import check_trained_task
 from leakage.seeding import seeded
 from leakage.stats import cluster_bootstrap_mean
@@ -252,13 +253,10 @@ def sites_of(run: PatchRun, positions: list[int], names: tuple[str, ...]) -> dic
     return sites
 
 
-def _interval(values: np.ndarray, bootstrap: int, seed: int) -> tuple[float, float]:
-    return cluster_bootstrap_mean(values, np.arange(len(values)), bootstrap, seed)
-
-
 def _score(values: torch.Tensor, bootstrap: int, seed: int, **row) -> dict:
+    """A result row: the mean of per-example `values` (B,) with its example-bootstrap 95% interval."""
     values = values.double().numpy()
-    low, high = _interval(values, bootstrap, seed)
+    low, high = cluster_bootstrap_mean(values, np.arange(len(values)), bootstrap, seed)
     return {**row, "value": float(values.mean()), "ci95_low": low, "ci95_high": high, "n": len(values)}
 
 
@@ -358,7 +356,7 @@ def search(model, tokenizer, spec: DasSpec, log: Log = lambda _: None,
     log(f"top cell: {top.site} layer {top.layer} head {top.kv_head} {top.which}, k={subspace.basis.shape[1]}: "
         "placebos, grafts, angles")
     return pd.concat([found.frame, placebos(model, tokenizer, spec, found.val, found.examples, top, subspace),
-                      grafts(model, tokenizer, spec, found.examples, top, subspace),
+                      grafts(model, tokenizer, spec, found.val, found.examples, top, subspace),
                       angles(found.train, found.fitting, top, subspace, spec.das.random_subspaces,
                              spec.experiment.seed)],
                      ignore_index=True), top
@@ -388,13 +386,8 @@ def unrelated_sources(model, tokenizer, spec: CausalSpec, examples) -> KV:
     """Prefix KV of other validation examples (other sums, other memento text) carrying each target's own
     passcode: a source whose interchange should leave the target's answer as it was."""
     seed = spec.experiment.seed + 2
-    others = [make_example(spec.task, tokenizer, seed, i, "val") for i in range(len(examples))]
-    ids = []
-    for other, example in zip(others, examples):
-        row = list(other.ids)
-        for position, digit in zip(other.passcode_positions, example.passcode_digits):
-            row[position] = digit_token(tokenizer, digit)
-        ids.append(row)
+    ids = [with_passcode(make_example(spec.task, tokenizer, seed, i, "val"), tokenizer, example.passcode_digits)
+           for i, example in enumerate(examples)]
     return passcode_run(model, tokenizer, examples, ids, [e.passcode_digits for e in examples], spec.eviction).source
 
 
@@ -434,29 +427,20 @@ def placebos(model, tokenizer, spec: CausalSpec, run: PatchRun, examples, cell: 
     return pd.DataFrame(rows)
 
 
-def grafts(model, tokenizer, spec: CausalSpec, examples, cell: Cell, subspace: RotatedSubspace) -> pd.DataFrame:
-    """Sufficiency: the answer's accuracy when the cache at the eviction step is restart KV (every memento
-    recomputed without its block) with parts of the memento run's KV put back at the cell's positions:
-    nothing, the values, the keys, both (every layer and head), the cell whole, or only its DAS subspace."""
+def grafts(model, tokenizer, spec: CausalSpec, run: PatchRun, examples, cell: Cell,
+           subspace: RotatedSubspace) -> pd.DataFrame:
+    """Sufficiency: the answer's accuracy (the run's target digits) when the cache at the eviction step is
+    restart KV (`ablation.restart`: every memento recomputed without its block) with parts of the memento
+    run's KV (`run.target`) put back at the cell's positions: nothing, the values, the keys, both (every layer
+    and head), the cell whole, or only its DAS subspace."""
     boot, seed = spec.experiment.bootstrap, spec.experiment.seed
-    # the run's target is the memento run's KV, its source restart's
-    run = passcode_run(model, tokenizer, examples, [e.ids for e in examples], [e.passcode_digits for e in examples],
-                       spec.eviction, source_eviction=replace(spec.eviction, restart=True))
-    memento, restarted = run.target, run.source
+    memento, restarted = run.target, restart(model, tokenizer, examples, run, spec.eviction)
     positions = list(cell.positions)
-
-    def graft(keys: bool, values: bool) -> KV:
-        kv = restarted.clone()
-        if keys:
-            kv.keys[:, :, :, positions] = memento.keys[:, :, :, positions]
-        if values:
-            kv.values[:, :, :, positions] = memento.values[:, :, :, positions]
-        return kv
-
     with torch.no_grad():
         subspace_graft = subspace(site_features(restarted, cell), site_features(memento, cell))
-    cases = {"restart": restarted, "values": graft(False, True), "keys": graft(True, False),
-             "keys_and_values": graft(True, True),
+    cases = {"restart": restarted, "values": restarted.replaced(memento, positions, keys=False),
+             "keys": restarted.replaced(memento, positions, values=False),
+             "keys_and_values": restarted.replaced(memento, positions),
              "cell": with_site(restarted, cell, site_features(memento, cell)),
              "das_subspace": with_site(restarted, cell, subspace_graft)}
     rows = []

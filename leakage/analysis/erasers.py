@@ -26,7 +26,7 @@ passcodes). A learned replacement of the entries (the issue's last eraser) is no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 
 from leakage.analysis import das
+from leakage.analysis.ablation import restart
 from leakage.analysis.erasure import (kv_features, leace_eraser, leaked_positions, one_hot_digits, random_eraser,
                                       set_features)
 from leakage.analysis.patching import KV, PatchRun, answer_correct, patch_run, patched_logits
@@ -75,9 +76,7 @@ class Examples:
 def prepare(model, tokenizer, spec: ErasersSpec, examples: list[Example], twins: list[list[int]],
             digits: list[list[int]]) -> Examples:
     run = passcode_run(model, tokenizer, examples, twins, digits, spec.eviction)
-    restart = passcode_run(model, tokenizer, examples, [e.ids for e in examples], [e.passcode_digits for e in examples],
-                           spec.eviction, source_eviction=replace(spec.eviction, restart=True)).source
-    return Examples(examples, run, restart)
+    return Examples(examples, run, restart(model, tokenizer, examples, run, spec.eviction))
 
 
 Eraser = Callable[[Examples], KV]
@@ -101,12 +100,6 @@ def fit_erasers(fitted: Examples, positions: list[int], cells: dict[das.Cell, da
             return kv
         return erase
 
-    def mean_ablation(data: Examples) -> KV:
-        kv = data.run.target.clone()
-        kv.keys[:, :, :, positions] = mean.keys[:, :, :, positions]
-        kv.values[:, :, :, positions] = mean.values[:, :, :, positions]
-        return kv
-
     def subspace_ablation(data: Examples) -> KV:
         kv = data.run.target
         for cell, subspace in cells.items():
@@ -115,14 +108,10 @@ def fit_erasers(fitted: Examples, positions: list[int], cells: dict[das.Cell, da
                 kv = das.with_site(kv, cell, subspace(x, centres[cell].expand_as(x)))
         return kv
 
-    def resample(data: Examples) -> KV:
-        kv = data.run.target.clone()
-        kv.keys[:, :, :, positions] = data.run.source.keys[:, :, :, positions]
-        kv.values[:, :, :, positions] = data.run.source.values[:, :, :, positions]
-        return kv
-
     return {"none": lambda data: data.run.target, "leace": affine(leace), "random": affine(random),
-            "das": subspace_ablation, "mean": mean_ablation, "resample": resample, "restart": lambda data: data.restart}
+            "das": subspace_ablation, "mean": lambda data: data.run.target.replaced(mean, positions),
+            "resample": lambda data: data.run.target.replaced(data.run.source, positions),
+            "restart": lambda data: data.restart}
 
 
 def sums_run(model, tokenizer, examples: list[Example], at: int, eviction) -> PatchRun:

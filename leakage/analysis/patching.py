@@ -59,6 +59,15 @@ class KV:
     def clone(self) -> "KV":
         return KV(self.keys.clone(), self.values.clone())
 
+    def replaced(self, source: "KV", positions: Sequence[int], keys: bool = True, values: bool = True) -> "KV":
+        """A copy whose keys and/or values at `positions` (every layer and head) are `source`'s (a batch of
+        one broadcasts)."""
+        kv = self.clone()
+        for part, chosen in (("keys", keys), ("values", values)):
+            if chosen:
+                getattr(kv, part)[:, :, :, list(positions)] = getattr(source, part)[:, :, :, list(positions)]
+        return kv
+
 
 @dataclass
 class PatchRun:

@@ -111,11 +111,16 @@ def twin(example: Example, tokenizer, rng: np.random.Generator) -> tuple[list[in
     other = rng.integers(0, 10, len(digits)).tolist()
     if other[0] == digits[0]:
         other[0] = (digits[0] + int(rng.integers(1, 10))) % 10
+    return with_passcode(example, tokenizer, other), other
+
+
+def with_passcode(example: Example, tokenizer, digits: list[int]) -> list[int]:
+    """The example's ids with `digits` as its passcode, in its block and in its answer."""
     ids = list(example.ids)
     for positions in (example.passcode_positions, example.answer_positions):
-        for position, digit in zip(positions, other):
+        for position, digit in zip(positions, digits):
             ids[position] = digit_token(tokenizer, digit)
-    return ids, other
+    return ids
 
 
 def passcode_pairs(task: TaskConfig, tokenizer, n: int, seed: int, split: str = "val"):
