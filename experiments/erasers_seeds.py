@@ -29,7 +29,7 @@ from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_jo
                             write_sweep_record)
 
 MEASURES = ("answer_accuracy", "sums_accuracy", "probe_accuracy", "probe_bits", "answer_removed", "sums_lost",
-            "bits_removed")
+            "bits_removed", "twin_gap")
 
 
 @dataclass(frozen=True)

@@ -333,8 +333,8 @@ ANALYSES: dict[str, Analysis] = {
                     _show_das, ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                                 "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "erasers": Analysis("erasers", "ErasersSpec", "every way to remove the channel on one curve: LEACE, random "
-                        "subspace, DAS-subspace ablation, mean, resample, restart; passcode answer and probe vs "
-                        "running sums", _show_table(["eraser", "answer_accuracy", "sums_accuracy", "probe_accuracy",
+                        "subspace, DAS-subspace ablation, mean, resample, restart, a learned replacement; passcode "
+                        "answer and probe vs running sums", _show_table(["eraser", "answer_accuracy", "sums_accuracy", "probe_accuracy",
                                                      "probe_bits", "probe_budget"], lambda f: f.experiment == "eraser"),
                         ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                          "eviction.max_block_tokens"), _BLOCKS, progress=True),

@@ -26,9 +26,9 @@ rate by `DasConfig.min_effect`) get the k sweep; the choice never sees the valid
 cell (largest training whole-cell IIA) and its smallest carrying k (validation IIA at least
 `DasConfig.carries` of the cell's whole interchange):
 
-* placebos — the same interchange at other held positions, a source that is an unrelated example with the
-  target's own passcode, and noise of the interchange's norm in a random direction — each must leave the
-  answer at its clean value;
+* placebos — the same interchange at other held positions (none computed with the block in view), a
+  source that is an unrelated example with the target's own passcode, and noise of the interchange's norm
+  in a random direction — each must leave the answer at its clean value;
 * grafts (sufficiency) — from restart KV (every memento recomputed without its block: no channel), the
   memento run's values, keys, both, the top cell or only its DAS subspace put back at the site;
 * angles — principal angles between the DAS subspace, the leading directions of a linear probe's weights
@@ -394,14 +394,16 @@ def unrelated_sources(model, tokenizer, spec: CausalSpec, examples) -> KV:
 def placebos(model, tokenizer, spec: CausalSpec, run: PatchRun, examples, cell: Cell,
              subspace: RotatedSubspace) -> pd.DataFrame:
     """The answer's accuracy on the target's own passcode (and the IIA) under the interchange and its
-    placebos: `shuffled_positions` (the same interchange at as many other held positions), `unrelated_source`
+    placebos: `shuffled_positions` (the same interchange at as many held positions computed without the
+    passcode block in view, `erasure.leaked_positions`: another leaked position is not a placebo), `unrelated_source`
     (the source an unrelated example with the target's passcode) and `noise` (a random direction of the
     interchange's norm, per example), beside the clean cache."""
     logits_of, boot, seed = model_logits(model), spec.experiment.bootstrap, spec.experiment.seed
     k = subspace.basis.shape[1]
     base = site_features(run.target, cell)
     delta = interchange(run, cell, subspace) - base
-    held = [p for p in run.held.all(0).nonzero().flatten().tolist() if p not in cell.positions]
+    leaked = set(leaked_positions(run, examples[0]))  # a placebo site must not itself carry the channel
+    held = [p for p in run.held.all(0).nonzero().flatten().tolist() if p not in leaked]
     rng = np.random.default_rng(seed)
     rows = []
     shuffled = None

@@ -13,14 +13,17 @@ block in view (`erasure.leaked_positions`), in every layer:
 * `mean`: the entries set to the reference examples' mean;
 * `resample`: the entries of the passcode twin (same memento text, another passcode);
 * `restart`: the whole prefix recomputed with every memento blind to its block, as the ablation stage
-  splices it.
+  splices it;
+* `learned`: a learned replacement of the entries (`Replacement`): per layer, x -> x - (x - mean) W, W
+  (F x F) trained on the reference half erasers see to make passcode twins' entries identical while the
+  running sums after the eviction keep the clean cache's predictions (`fit_replacement`).
 
 Measured on validation examples, with the edited cache: the passcode answer (teacher-forced digits, the
 target's passcode), the running-sum digits of the blocks after the eviction (teacher-forced), and on
 reference examples no eraser was fitted on, the paper's MLP probe on the edited entries (accuracy with its
 training budget, and the bits its validation cross-entropy saves over the uniform code: a budget-bound
 estimate of what stays readable). Intervals are 95% bootstraps over examples (probe: over held-out
-passcodes). A learned replacement of the entries (the issue's last eraser) is not built yet.
+passcodes).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
 from leakage.analysis import das
 from leakage.analysis.ablation import restart
@@ -46,15 +50,39 @@ from leakage.engine.model import check_trained_task
 from leakage.stats import cluster_bootstrap_mean
 from leakage.training.tasks import Example, make_example
 
-ERASERS = ("none", "leace", "random", "das", "mean", "resample", "restart")
+ERASERS = ("none", "leace", "random", "das", "mean", "resample", "restart", "learned")
+
+
+@dataclass(frozen=True)
+class ReplacementConfig:
+    """How the `learned` eraser is trained (`fit_replacement`); the names say `replacement` because the
+    erasers' flags share one namespace with the DAS search's `steps`, `batch_size` and `learning_rate`.
+
+    replacement_steps: Adam steps.
+    replacement_batch_size: reference examples per step.
+    replacement_learning_rate: Adam's step size.
+    twin_gap_weight: the twin gap's weight beside the running sums' KL divergence from the clean cache's
+        predictions (nats per digit).
+    """
+
+    replacement_steps: int = 600
+    replacement_batch_size: int = 64
+    replacement_learning_rate: float = 1e-3
+    twin_gap_weight: float = 1.0
+
+    def __post_init__(self):
+        if (self.replacement_steps < 1 or self.replacement_batch_size < 1 or self.replacement_learning_rate <= 0
+                or self.twin_gap_weight < 0):
+            raise ValueError(f"need steps >= 1, batch size >= 1, learning rate > 0, twin gap weight >= 0; got {self}")
 
 
 @dataclass(frozen=True)
 class ErasersSpec(das.DasSpec):
-    """What `leakage erasers` runs on: a passcode checkpoint, the DAS search whose subspaces it ablates, and
-    the erasers to compare (`erasers`: names from `ERASERS`)."""
+    """What `leakage erasers` runs on: a passcode checkpoint, the DAS search whose subspaces it ablates, the
+    erasers to compare (`erasers`: names from `ERASERS`) and how the learned one trains (`replacement`)."""
 
     erasers: tuple[str, ...] = ERASERS
+    replacement: ReplacementConfig = ReplacementConfig()
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,9 +110,79 @@ def prepare(model, tokenizer, spec: ErasersSpec, examples: list[Example], twins:
 Eraser = Callable[[Examples], KV]
 
 
-def fit_erasers(fitted: Examples, positions: list[int], cells: dict[das.Cell, das.RotatedSubspace],
-                seed: int) -> dict[str, Eraser]:
-    """Every eraser, fitted on `fitted` (the reference examples erasers may see)."""
+class Replacement(nn.Module):
+    """The learned eraser's map: per layer l, the entries at `positions` (x: (B, F) laid out as
+    `kv_features`) become x - (x - mean_l) W_l. W_l (F, F) starts at 0 (no edit); W_l = I is the mean
+    eraser; a projection onto a subspace mean-ablates it."""
+
+    def __init__(self, means: list[torch.Tensor], positions: list[int]):
+        super().__init__()
+        self.positions = positions
+        self.register_buffer("means", torch.stack(means).float())
+        n = self.means.shape[1]
+        self.maps = nn.Parameter(torch.zeros(len(means), n, n))
+
+    def replace(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return x - (x - self.means[layer]) @ self.maps[layer]
+
+    def forward(self, kv: KV) -> KV:
+        """A copy of `kv` with every layer's entries at the positions replaced; differentiable in the maps."""
+        edited = KV(kv.keys.clone().float(), kv.values.clone().float())
+        for layer in range(len(self.maps)):
+            x = kv_features(kv, layer, self.positions).float()
+            set_features(edited, layer, self.positions, self.replace(layer, x))
+        return KV(edited.keys.to(kv.keys.dtype), edited.values.to(kv.values.dtype))
+
+    def twin_gap(self, target: KV, source: KV) -> torch.Tensor:
+        """||(x_target - x_source)(I - W)||^2 / ||x_target - x_source||^2 over every layer and pair: 1 with no
+        edit, 0 when the replacement makes twins' entries identical."""
+        kept = total = 0.0
+        for layer in range(len(self.maps)):
+            difference = (kv_features(target, layer, self.positions)
+                          - kv_features(source, layer, self.positions)).float()
+            kept = kept + (difference - difference @ self.maps[layer]).square().sum()
+            total = total + difference.square().sum()
+        return kept / total
+
+
+def fit_replacement(logits_of: das.LogitsOf, sums: PatchRun, twins: PatchRun, positions: list[int],
+                    config: ReplacementConfig, seed: int, chunk: int = 256) -> Replacement:
+    """The learned eraser on reference examples: `sums` (their running-sum run, `sums_run`) and `twins` (the
+    same examples against their passcode twins, row for row). Adam minimises, per batch, the KL divergence
+    of the running sums' predictions on the replaced cache from the model's own on the clean cache (the task
+    is kept, not improved: a cross-entropy against the true digits would let the map fit the reference
+    examples) plus `config.twin_gap_weight` x the twin gap (`Replacement.twin_gap`); gradients reach the
+    maps only (wrap the model in `das.frozen`)."""
+    if len(sums.ids) != len(twins.ids):
+        raise ValueError(f"the sums run has {len(sums.ids)} rows and the twin run {len(twins.ids)}: one per example")
+    with torch.no_grad():
+        clean = torch.cat([logits_of(part, part.target).log_softmax(-1).float() for part in
+                           (sums.subset(torch.arange(i, min(i + chunk, len(sums.ids))))
+                            for i in range(0, len(sums.ids), chunk))])
+    means = [kv_features(twins.target, layer, positions).mean(0) for layer in range(twins.target.keys.shape[1])]
+    replacement = Replacement(means, positions)
+    optimiser = torch.optim.Adam(replacement.parameters(), lr=config.replacement_learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    order: list[torch.Tensor] = []
+    for _ in range(config.replacement_steps):
+        if not order:
+            order = list(torch.randperm(len(sums.ids), generator=generator).split(config.replacement_batch_size))
+        rows = order.pop(0)
+        batch, pairs = sums.subset(rows), twins.subset(rows)
+        edited = logits_of(batch, replacement(batch.target)).log_softmax(-1).float()
+        kept = nn.functional.kl_div(edited.flatten(0, 1), clean[rows].flatten(0, 1), log_target=True,
+                                    reduction="batchmean")
+        loss = kept + config.twin_gap_weight * replacement.twin_gap(pairs.target, pairs.source)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return replacement.eval()
+
+
+def fit_erasers(fitted: Examples, positions: list[int], cells: dict[das.Cell, das.RotatedSubspace], seed: int,
+                replacement: Replacement | None = None) -> dict[str, Eraser]:
+    """Every eraser, fitted on `fitted` (the reference examples erasers may see); `learned` only with the
+    trained `replacement` (`fit_replacement`)."""
     target = fitted.run.target
     layers = range(target.keys.shape[1])
     leace = [leace_eraser(kv_features(target, layer, positions), one_hot_digits(fitted.examples)) for layer in layers]
@@ -108,10 +206,15 @@ def fit_erasers(fitted: Examples, positions: list[int], cells: dict[das.Cell, da
                 kv = das.with_site(kv, cell, subspace(x, centres[cell].expand_as(x)))
         return kv
 
-    return {"none": lambda data: data.run.target, "leace": affine(leace), "random": affine(random),
-            "das": subspace_ablation, "mean": lambda data: data.run.target.replaced(mean, positions),
-            "resample": lambda data: data.run.target.replaced(data.run.source, positions),
-            "restart": lambda data: data.restart}
+    def learned(data: Examples) -> KV:
+        with torch.no_grad():
+            return replacement(data.run.target)
+
+    erasers = {"none": lambda data: data.run.target, "leace": affine(leace), "random": affine(random),
+               "das": subspace_ablation, "mean": lambda data: data.run.target.replaced(mean, positions),
+               "resample": lambda data: data.run.target.replaced(data.run.source, positions),
+               "restart": lambda data: data.restart}
+    return erasers if replacement is None else {**erasers, "learned": learned}
 
 
 def sums_run(model, tokenizer, examples: list[Example], at: int, eviction) -> PatchRun:
@@ -150,7 +253,16 @@ def eraser_curve(model, tokenizer, spec: ErasersSpec, probe: ProbeConfig = Probe
     val = prepare(model, tokenizer, spec, examples, twins, digits)
     positions = leaked_positions(val.run, examples[0])
     sums = sums_run(model, tokenizer, examples, val.run.at, spec.eviction)
-    erasers = fit_erasers(fitted, positions, cells, seed)
+    replacement = twin_gap = None
+    if "learned" in spec.erasers:
+        log("learned replacement")
+        fitted_sums = sums_run(model, tokenizer, fitted.examples, val.run.at, spec.eviction)
+        with das.frozen(model):
+            replacement = fit_replacement(das.model_logits(model), fitted_sums, fitted.run, positions,
+                                          spec.replacement, seed)
+        with torch.no_grad():
+            twin_gap = float(replacement.twin_gap(val.run.target, val.run.source))
+    erasers = fit_erasers(fitted, positions, cells, seed, replacement)
     labels = torch.tensor([e.passcode_digits for e in probed.examples])
     groups = np.array([e.passcode for e in probed.examples])
     rows = []
@@ -172,7 +284,9 @@ def eraser_curve(model, tokenizer, spec: ErasersSpec, probe: ProbeConfig = Probe
                      "probe_high": fitted_probe.ci95[1], "probe_budget": fitted_probe.n_train,
                      "probe_bits": probe_bits(fitted_probe.loss, labels.shape[1]),
                      "uniform_bits": labels.shape[1] * math.log2(10),
-                     "das_cells": len(cells) if name == "das" else None, "chance": 0.1})
+                     "das_cells": len(cells) if name == "das" else None,
+                     "twin_gap": twin_gap if name == "learned" else None,  # on the validation twins
+                     "chance": 0.1})
     frame = pd.DataFrame(rows)
     none = frame.set_index("eraser").loc["none"] if "none" in spec.erasers else None
     if none is not None:

@@ -87,22 +87,29 @@ def test_causal_commands_write_csv_config_and_figure(capsys, tmp_path, tiny, com
 
 def test_das_writes_every_part_on_a_tiny_model(capsys, tmp_path, tiny):
     """`leakage das` end to end; --min-effect -1 searches every cell of the random model, so the placebos,
-    grafts and angles run too."""
+    grafts and angles run too; at a position-kind site (the memento tokens), the shuffled-positions placebo
+    never lands on a position computed with the passcode block in view (one would carry the channel)."""
     import json
 
     import pandas as pd
 
     from leakage.engine.model import save_model
+    from leakage.training.tasks import TaskConfig, make_example
 
     save_model(*tiny, tmp_path / "ckpt")
     out = tmp_path / "das.csv"
     assert main(["das", str(tmp_path / "ckpt"), "--n", "6", "--n-train", "40", "--steps", "2", "--ks", "1,2",
                  "--min-effect", "-1", "--random-subspaces", "20", "--bootstrap", "20", "--blocks", "3",
-                 "--passcode-block", "0", "--out", str(out)]) == 0
+                 "--passcode-block", "1", "--sites", "memento", "--out", str(out)]) == 0
     frame = pd.read_csv(out)
     assert set(frame.experiment) == {"reference", "das", "placebo", "graft", "angle"}
     das = frame[frame.experiment == "das"]
     assert len(das) == 3 * len(das[das.whole_cell.astype(bool)])  # every cell: whole, k=1, k=2
+    assert set(das.site) == {"memento"}
+    task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)  # what the flags above give
+    passcode_start = make_example(task, tiny[1], 0, 0, "val").passcode_positions[0]  # leaked: held from here on
+    shuffled = frame[(frame.experiment == "placebo") & (frame.intervention == "shuffled_positions")]
+    assert len(shuffled) and max(int(p) for p in shuffled.positions.iloc[0].split()) < passcode_start
     config = json.loads(out.with_suffix(".json").read_text())
     assert config["das"]["ks"] == [1, 2] and {"top_cell", "placebo", "graft", "cells_searched"} <= set(config)
     assert out.with_suffix(".png").stat().st_size > 0
@@ -124,7 +131,8 @@ def test_erasers_write_one_row_per_eraser_on_a_tiny_model(tmp_path, tiny):
     save_model(*tiny, tmp_path / "ckpt")
     spec = erasers.ErasersSpec(str(tmp_path / "ckpt"), TaskConfig(task="passcode", n_blocks=3, passcode_block=0),
                                experiment=CausalExperiment(n=6, reference=40, bootstrap=20),
-                               das=DasConfig(ks=(1,), n_train=40, steps=2, min_effect=-1))
+                               das=DasConfig(ks=(1,), n_train=40, steps=2, min_effect=-1),
+                               replacement=erasers.ReplacementConfig(replacement_steps=2))
     out = tmp_path / "erasers"
     erasers.run(spec, out, probe=ProbeConfig(kind="linear", whiten=False, max_epochs=3))
     frame = pd.read_csv(out.with_suffix(".csv"))
@@ -133,3 +141,4 @@ def test_erasers_write_one_row_per_eraser_on_a_tiny_model(tmp_path, tiny):
     assert curve.loc["none", ["answer_removed", "sums_lost", "bits_removed"]].abs().max() == 0
     assert curve[["answer_accuracy", "sums_accuracy", "probe_accuracy", "probe_bits"]].notna().all().all()
     assert (curve.loc["das", "das_cells"] == 16) and out.with_suffix(".png").stat().st_size > 0
+    assert curve.twin_gap.notna().sum() == 1 and curve.loc["learned", "twin_gap"] >= 0
