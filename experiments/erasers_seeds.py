@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from leakage.analysis import erasers
+from leakage.analysis.probe import ProbeConfig
 from leakage.flags import parse
 from leakage.io import atomic_write_text
 from leakage.plotting import plot_erasers
@@ -38,10 +39,13 @@ class Options:
 
     spec: what each seed's run measures; its checkpoint names the model of seed {seed}.
     sweep: the seeds, the results' folder and torch threads.
+    probe_whiten: the probe whitens its inputs (`ProbeConfig`'s default); --no-probe-whiten standardises each
+        feature instead.
     """
 
     spec: erasers.ErasersSpec = main_job_causal_spec(erasers.ErasersSpec)
     sweep: SeedSweep = SeedSweep()
+    probe_whiten: bool = True
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
@@ -64,8 +68,8 @@ def main() -> None:
     out = Path(options.sweep.out_dir)
     command = "python experiments/erasers_seeds.py " + " ".join(sys.argv[1:])
     start = time.perf_counter()
-    rows, _ = per_seed(options.sweep, partial(causal_spec_of_seed, options.spec), erasers.run, "erasers",
-                             command, print)
+    run = partial(erasers.run, probe=ProbeConfig(whiten=options.probe_whiten))
+    rows, _ = per_seed(options.sweep, partial(causal_spec_of_seed, options.spec), run, "erasers", command, print)
     table = summary(rows)
     atomic_write_text(out / "erasers.csv", rows.assign(command=command).to_csv(index=False))
     atomic_write_text(out / "erasers_summary.csv", table.assign(command=command).to_csv(index=False))

@@ -239,8 +239,11 @@ def eraser_curve(model, tokenizer, spec: ErasersSpec, probe: ProbeConfig = Probe
                  progress: Progress = None) -> pd.DataFrame:
     """One row per eraser (module docstring)."""
     experiment, seed = spec.experiment, spec.experiment.seed
-    search = das.fit_cells(model, tokenizer, spec, log, progress)
-    cells = {cell: subspace for cell in search.subspaces if (subspace := search.carrying(cell)) is not None}
+    cells, searched = {}, []  # the DAS search runs only for the das eraser
+    if "das" in spec.erasers:
+        search = das.fit_cells(model, tokenizer, spec, log, progress)
+        cells = {cell: subspace for cell in search.subspaces if (subspace := search.carrying(cell)) is not None}
+        searched = [search.frame]
     reference = [make_example(spec.task, tokenizer, seed + 1, i, "train") for i in range(experiment.reference)]
     halves = reference[:len(reference) // 2], reference[len(reference) // 2:]  # erasers never see the probe's rows
     rng = np.random.default_rng(seed + 3)
@@ -293,7 +296,7 @@ def eraser_curve(model, tokenizer, spec: ErasersSpec, probe: ProbeConfig = Probe
         frame["answer_removed"] = none.answer_accuracy - frame.answer_accuracy
         frame["bits_removed"] = none.probe_bits - frame.probe_bits
         frame["sums_lost"] = none.sums_accuracy - frame.sums_accuracy
-    return pd.concat([search.frame, frame], ignore_index=True)
+    return pd.concat([*searched, frame], ignore_index=True)
 
 
 def headline(frame: pd.DataFrame) -> dict:

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from leakage.cli import main
@@ -142,3 +144,6 @@ def test_erasers_write_one_row_per_eraser_on_a_tiny_model(tmp_path, tiny):
     assert curve[["answer_accuracy", "sums_accuracy", "probe_accuracy", "probe_bits"]].notna().all().all()
     assert (curve.loc["das", "das_cells"] == 16) and out.with_suffix(".png").stat().st_size > 0
     assert curve.twin_gap.notna().sum() == 1 and curve.loc["learned", "twin_gap"] >= 0
+    only = erasers.run(replace(spec, erasers=("none", "learned")), tmp_path / "two",
+                       probe=ProbeConfig(kind="linear", whiten=False, max_epochs=3))
+    assert set(only.rows.experiment) == {"eraser"}  # no DAS search without the das eraser
