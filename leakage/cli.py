@@ -334,8 +334,9 @@ ANALYSES: dict[str, Analysis] = {
                                 "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "erasers": Analysis("erasers", "ErasersSpec", "every way to remove the channel on one curve: LEACE, random "
                         "subspace, DAS-subspace ablation, mean, resample, restart, a learned replacement; passcode "
-                        "answer and probe vs running sums", _show_table(["eraser", "answer_accuracy", "sums_accuracy", "probe_accuracy",
-                                                     "probe_bits", "probe_budget"], lambda f: f.experiment == "eraser"),
+                        "answer and probe vs running sums",
+                        _show_table(["eraser", "answer_accuracy", "sums_accuracy", "probe_accuracy", "probe_bits",
+                                     "probe_budget"], lambda f: f.experiment == "eraser"),
                         ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                          "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "precision": Analysis("precision_channel", "PrecisionSpec", "the passcode channel at each compute / stored-KV "

@@ -391,25 +391,29 @@ def unrelated_sources(model, tokenizer, spec: CausalSpec, examples) -> KV:
     return passcode_run(model, tokenizer, examples, ids, [e.passcode_digits for e in examples], spec.eviction).source
 
 
+def placebo_cell(run: PatchRun, example, cell: Cell, rng: np.random.Generator) -> Cell | None:
+    """`cell` moved to as many held positions drawn at random among those computed without the passcode block
+    in view (`erasure.leaked_positions`: another leaked position carries the channel, so it is no placebo);
+    None when there are too few."""
+    leaked = set(leaked_positions(run, example))
+    held = [p for p in run.held.all(0).nonzero().flatten().tolist() if p not in leaked]
+    if len(held) < len(cell.positions):
+        return None
+    return replace(cell, positions=tuple(sorted(rng.choice(held, size=len(cell.positions), replace=False).tolist())))
+
+
 def placebos(model, tokenizer, spec: CausalSpec, run: PatchRun, examples, cell: Cell,
              subspace: RotatedSubspace) -> pd.DataFrame:
     """The answer's accuracy on the target's own passcode (and the IIA) under the interchange and its
-    placebos: `shuffled_positions` (the same interchange at as many held positions computed without the
-    passcode block in view, `erasure.leaked_positions`: another leaked position is not a placebo), `unrelated_source`
+    placebos: `shuffled_positions` (the same interchange at other held positions, `placebo_cell`), `unrelated_source`
     (the source an unrelated example with the target's passcode) and `noise` (a random direction of the
     interchange's norm, per example), beside the clean cache."""
     logits_of, boot, seed = model_logits(model), spec.experiment.bootstrap, spec.experiment.seed
     k = subspace.basis.shape[1]
     base = site_features(run.target, cell)
     delta = interchange(run, cell, subspace) - base
-    leaked = set(leaked_positions(run, examples[0]))  # a placebo site must not itself carry the channel
-    held = [p for p in run.held.all(0).nonzero().flatten().tolist() if p not in leaked]
-    rng = np.random.default_rng(seed)
+    shuffled = placebo_cell(run, examples[0], cell, np.random.default_rng(seed))
     rows = []
-    shuffled = None
-    if len(held) >= len(cell.positions):
-        moved = tuple(sorted(rng.choice(held, size=len(cell.positions), replace=False).tolist()))
-        shuffled = replace(cell, positions=moved)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn(base.shape, generator=generator, dtype=base.dtype)
     noise = noise * delta.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True)

@@ -10,6 +10,7 @@ example and an angle below that bound; the bounds follow from the construction, 
 """
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 from scipy.linalg import subspace_angles
 
 from leakage.analysis.das import (Cell, DasConfig, RotatedSubspace, fit_subspace, interchange, intervened_logits,
-                                  site_features, source_correct, with_site)
+                                  placebo_cell, site_features, source_correct, with_site)
 from leakage.analysis.patching import KV, PatchRun
 
 SPACING = 3.0
@@ -116,3 +117,19 @@ def test_das_finds_nothing_where_the_direction_is_absent():
     for features in (interchange(val, CELL, subspace), interchange(val, CELL, None)):
         iia = source_correct(intervened_logits(logits_of, val, CELL, features), val)
         assert torch.equal(iia, clean)
+
+
+def test_the_shuffled_placebo_never_lands_on_a_position_computed_with_the_block_in_view():
+    """Held prefix: positions 0..9, the passcode block from 4 on (so 4..9 are leaked). A one-kind site (8, 9)
+    must move to positions among 0..3 on every draw; drawing among all held positions but the site's (the
+    first version) lands on 4..7 on most draws."""
+    T = 10
+    run = PatchRun(ids=torch.zeros(1, T + 1, dtype=torch.long), mask=torch.ones(1, T + 1, T + 1, dtype=torch.bool),
+                   at=T, queries=[T], answer=torch.zeros(1, 1, 2, dtype=torch.long), target=None, source=None,
+                   held=torch.ones(1, T, dtype=torch.bool), kinds=["prompt"] * T)
+    example = SimpleNamespace(passcode_positions=[4, 5])
+    cell = Cell(layer=0, kv_head=0, which="values", site="memento", positions=(8, 9))
+    moved = [placebo_cell(run, example, cell, np.random.default_rng(seed)).positions for seed in range(50)]
+    assert all(len(m) == 2 and max(m) < 4 for m in moved)
+    everything = Cell(0, 0, "values", "leaked", tuple(range(4, 9)))  # 5 positions, 4 unleaked: too few
+    assert placebo_cell(run, example, everything, np.random.default_rng(0)) is None
