@@ -1,7 +1,7 @@
 """The `leakage` command line. `main(argv)` is callable from tests; every subcommand prints, the library never does.
 
 The analysis verbs (`eval`, `consistency`, `restart`, `probe`, `patch`, `ablate`, `erase`, `das`, `erasers`,
-`precision`, `capacity`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
+`precision`, `capacity`, `benchmark`, `audit`) are one table (`ANALYSES`): each is a runner module of `leakage.analysis` whose `Spec` dataclass
 gives the verb's flags (`leakage.flags`) and whose `run(spec, out)` does the work and writes the files; this
 module only prints. A verb's flags are built when that verb runs, so `leakage --help` imports no model code.
 """
@@ -9,6 +9,7 @@ module only prints. A verb's flags are built when that verb runs, so `leakage --
 from __future__ import annotations
 
 import argparse
+import math
 import importlib
 import sys
 import warnings
@@ -269,6 +270,21 @@ def _show_das(record) -> None:
             index=False, float_format="%.3f"))
 
 
+def _show_audit(record) -> None:
+    """The audit's two numbers, with their intervals, in words."""
+    a, spec = record.results["audit"], record.spec
+    budget = "Memento's budget" if spec.budget is None else f"budget {spec.budget:g} of the positions"
+    print(f"method {spec.method} ({budget}; KV kept {a['kv_auc_share']:.0%} of full attention's)")
+    print(f"  bits of the evicted span recoverable from retained KV: {a['bits_recoverable']:.2f} per passcode "
+          f"[{a['bits_low']:.2f}, {a['bits_high']:.2f}] (MLP probe, {a['probe_budget']} training traces; "
+          f"{spec.task.passcode_digits * math.log2(10):.1f} bits = the whole passcode)")
+    print(f"  answer accuracy on the evicted secret: {a['answer_accuracy']:.1%} [{a['answer_low']:.1%}, "
+          f"{a['answer_high']:.1%}] (chance 10%; restart, the text without the channel: "
+          f"{a['restart_answer_accuracy']:.1%})")
+    print(f"  passcode entries still cached at the answer: {a['passcode_retained']:.1%}; of the entries the probe reads "
+          f"(the passcode block's delimiters and memento): {a['nearest_retained']:.1%}")
+
+
 def _show_table(columns: list[str], select: Callable | None = None):
     def show(record) -> None:
         frame = record.rows if select is None else record.rows[select(record.rows)]
@@ -348,6 +364,18 @@ ANALYSES: dict[str, Analysis] = {
                          "bits of passcode models", _show_table(["run", "distance", "decoding", "accuracy", "ci95_low",
                                                                  "ci95_high", "bits"]),
                          ("eviction.restart", "eviction.max_block_tokens")),
+    "benchmark": Analysis("benchmark", "BenchmarkSpec", "one leakage benchmark across eviction methods (memento, "
+                          "restart, full, kvpress presses at Memento's moments and budget): answer, running sums, "
+                          "probe bits, KV", _show_table(["method", "answer_accuracy", "answer_over_restart",
+                                                         "sums_accuracy", "probe_accuracy", "probe_bits",
+                                                         "passcode_retained", "nearest_retained",
+                                                         "kv_auc_share"]),
+                          _TASK_NO_CURRICULUM + ("task.passcode_blocks", "eviction.restart",
+                                                 "eviction.max_block_tokens"), _BLOCKS),
+    "audit": Analysis("audit", "AuditSpec", "how much of an evicted passcode a method leaves recoverable from the "
+                      "retained KV (bits) and used (answer accuracy), with intervals", _show_audit,
+                      _TASK_NO_CURRICULUM + ("task.passcode_blocks", "eviction.restart", "eviction.max_block_tokens",
+                                             "methods"), _BLOCKS),
 }
 
 

@@ -324,6 +324,31 @@ def plot_capacity(frame, path: str | Path, title: str = "") -> Path:
 
 
 @styled()
+def plot_benchmark(frame, path: str | Path, title: str = "") -> Path:
+    """Leak against KV budget across eviction methods (rows of `leakage.analysis.benchmark.run`, one per method,
+    or of several seeds with a `seed` column): the passcode answer and the probe's bits against the KV the
+    method keeps (AUC over the response, as a share of full attention's), one marker per method and seed."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    methods = list(dict.fromkeys(frame.method))
+    palette = dict(zip(methods, sns.color_palette("tab10", len(methods))))
+    for method in methods:
+        rows = frame[frame.method == method]
+        left.errorbar(rows.kv_auc_share, rows.answer_accuracy, fmt="o", color=palette[method], label=method, alpha=0.8,
+                      yerr=[rows.answer_accuracy - rows.answer_low, rows.answer_high - rows.answer_accuracy], capsize=2)
+        right.plot(rows.kv_auc_share, rows.probe_bits, "o", color=palette[method], label=method, alpha=0.8)
+    left.axhline(0.1, color="grey", ls="--", lw=1, label="chance")
+    right.axhline(0.0, color="grey", ls="--", lw=1)
+    for ax, ylabel in ((left, "answer digit accuracy on the evicted passcode"),
+                       (right, "probe bits per passcode (retained KV)")):
+        ax.set_xlabel("KV kept (AUC, share of full attention)")
+        ax.set_ylabel(ylabel)
+    left.legend(frameon=False, fontsize=7)
+    fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@styled()
 def plot_rl(metrics: list[dict], rows, path: str | Path, title: str = "") -> Path:
     """RL before/after in the style of the paper's Fig. 7: (a) maj@k against k after RL, the SFT model's
     as the base line; (b) RL training reward and greedy validation accuracy against step; (c) the

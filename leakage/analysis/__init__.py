@@ -12,5 +12,7 @@ SHA-256, the package version and timings, written as CSV + JSON + PNG under the 
     ablation     KV ablation sweep (ablation kinds are a registry)
     erasure      LEACE against a random subspace
     capacity     the channel's capacity against distance
+    benchmark    every eviction method (memento, restart, full, kvpress presses) on one leakage table
+    audit        one eviction method's recoverable bits and answer accuracy on an evicted passcode
     rl_analysis  before/after RL
 """

@@ -7,10 +7,6 @@
     which the whitened probe must find (far below the top variance, above float32 rounding).
 """
 
-import tempfile
-from dataclasses import replace
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -22,8 +18,8 @@ from leakage.config import EvictionConfig
 from leakage.engine.capture import capture
 from leakage.engine.model import load_model
 from leakage.training.tasks import TaskConfig
-from leakage.training.train import RunConfig, train, train_preset
 from tests.bounds import at_chance_on_seeds, probe_reads_at_chance
+from tests.integration.conftest import PASSCODE_TASK
 
 TASK = TaskConfig(task="passcode", n_blocks=3, passcode_block=0)
 RESTART = EvictionConfig(restart=True)
@@ -45,15 +41,11 @@ def test_restart_kv_is_bit_identical_across_twins_and_memento_kv_is_not(tiny):
 
 
 @pytest.fixture(scope="module")
-def restart_features():
+def restart_features(passcode_checkpoint):
     """Restart KV of a briefly trained passcode model (80 steps) at the masked site, 600 traces:
     (features, labels, groups)."""
-    task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)
-    preset = replace(train_preset("smoke"), stage1_steps=40, stage2_steps=40, batch_size=8, train_examples=640,
-                     eval_every=40, save_every=40)
-    with tempfile.TemporaryDirectory() as folder:
-        model, tokenizer = load_model(train(RunConfig(task=task, preset=preset, seed=0), Path(folder) / "run"))
-    traces = synthetic_traces(task, tokenizer, 600)
+    model, tokenizer = load_model(passcode_checkpoint)
+    traces = synthetic_traces(PASSCODE_TASK, tokenizer, 600)
     data = capture_dataset(model, tokenizer, traces, RESTART, [("memento", 1)])
     return data.features("memento+1"), data.labels, data.groups
 
@@ -87,4 +79,7 @@ def test_the_check_finds_a_passcode_planted_at_a_hundred_thousandth_of_the_scale
     rng = np.random.default_rng(0)
     mixing = torch.tensor(rng.standard_normal((onehot.shape[1], features.shape[1])), dtype=torch.float32)
     planted = (features.double() + scale * (onehot @ mixing).double()).float()
-    assert not any(band for band, _ in null_reads(planted, labels, groups))
+    # The verdict the null test asks for (`at_chance_on_seeds`) must reject it. Not every probe seed need find
+    # it: a linear probe's early stop on one split can end before the 1e-5 direction is learned (seen on one of
+    # three seeds on some CPUs), and one seed outside the band already fails the verdict.
+    assert not at_chance_on_seeds(null_reads(planted, labels, groups))
