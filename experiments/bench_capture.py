@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 
@@ -29,6 +28,7 @@ from leakage.flags import parse
 from leakage.io import atomic_write_json
 from leakage.training.tasks import TaskConfig
 from leakage.training.train import MementoCollator
+from leakage.provenance import script_command
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def main() -> None:
 
     train_s = median_seconds(train_pass, options.repeats)
     train_tokens = sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)
-    report = {"command": "python experiments/bench_capture.py " + " ".join(sys.argv[1:]),
+    report = {"command": script_command("experiments/bench_capture.py"),
               "machine": {"processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": options.threads},
               "traces": options.traces, "trace_tokens": tokens / len(traces), "batch_size": options.batch_size,

@@ -23,7 +23,6 @@ the `tiny` preset; its weights do not affect speed. Reports:
 from __future__ import annotations
 
 import platform
-import sys
 import time
 from dataclasses import dataclass
 
@@ -38,6 +37,7 @@ from leakage.memento.kv import kv_bytes_per_token_of, simulate_kv
 from leakage.engine.model import build_model
 from leakage.plotting import plot_kv_sawtooth
 from leakage.memento.trace import MementoTrace
+from leakage.provenance import script_command
 
 @dataclass(frozen=True)
 class Options:
@@ -150,7 +150,7 @@ def main() -> None:
                        "aggregate_tokens_per_s": result["tokens_per_s"]}
         print(name, batch[name])
 
-    command = "python experiments/bench_decode.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/bench_decode.py")
     report = {
         "command": command,
         "machine": {"processor": platform.processor() or platform.machine(), "torch_threads": args.threads},

@@ -4,7 +4,6 @@
 """
 
 import platform
-import sys
 import time
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from leakage.flags import parse
 from leakage.io import atomic_write_json
 from leakage.memento.mask import memento_mask
 from leakage.memento.spans import MarkerIds
+from leakage.provenance import script_command
 
 MARKERS = MarkerIds(block_start=100, block_end=101, summary_start=102, summary_end=103, think_start=104,
                     think_end=105)
@@ -54,7 +54,7 @@ def main() -> None:
             rows.append({"tokens": n_tokens, "restart": restart, "median_s": sorted(times)[len(times) // 2],
                          "min_s": min(times)})
             print(rows[-1])
-    atomic_write_json(args.out, {"command": "python experiments/bench_mask.py " + " ".join(sys.argv[1:]),
+    atomic_write_json(args.out, {"command": script_command("experiments/bench_mask.py"),
                                  "machine": platform.processor() or platform.machine(),
                                  "torch_threads": torch.get_num_threads(), "results": rows})
 

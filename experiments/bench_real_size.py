@@ -27,6 +27,7 @@ import numpy as np
 from leakage.config import ModelPreset
 from leakage.flags import parse
 from leakage.io import atomic_write_json
+from leakage.provenance import script_command
 
 QWEN3_0_6B = ModelPreset(n_layers=28, d_model=1024, n_heads=16, n_kv_heads=8, d_head=128, d_mlp=3072,
                          max_positions=40_960, rope_theta=1_000_000.0)
@@ -127,7 +128,7 @@ def main() -> None:
         if len({p["layers"] for p in mine}) > 1:
             scaling[f"~{length} tokens: capture seconds ~ layers^a"] = exponent(
                 [p["layers"] for p in mine], [p["capture_seconds"] for p in mine])
-    command = "python experiments/bench_real_size.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/bench_real_size.py")
     atomic_write_json(options.out, {"command": command, "options": asdict(options), "points": points,
                                     "scaling": scaling, "machine": {"processor": platform.processor() or
                                                                     platform.machine(), "threads": options.threads}})

@@ -11,7 +11,6 @@ and prints each one's wall time.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from leakage.analysis import ablation, erasure, patch_maps
 from leakage.analysis.twins import CausalSpec
 from leakage.flags import parse
+from leakage.provenance import script_command
 
 RUNNERS = {"patch": patch_maps, "ablate": ablation, "erase": erasure}
 
@@ -47,7 +47,7 @@ def main() -> None:
                     skip=("spec.task.short_block_rate", "spec.task.passcode_blocks", "spec.eviction.restart",
                           "spec.eviction.max_block_tokens"))
     torch.set_num_threads(options.threads)
-    command = "python experiments/causal_passcode.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/causal_passcode.py")
     for name in options.commands:
         runner = RUNNERS[name]
         extra = {"progress": tqdm} if name != "erase" else {}

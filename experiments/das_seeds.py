@@ -12,7 +12,6 @@ seeds) and the figure `das.png`.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -24,6 +23,7 @@ import torch
 from leakage.analysis import das
 from leakage.flags import parse
 from leakage.io import atomic_write_text
+from leakage.provenance import script_command
 from leakage.plotting import plot_das
 from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_job_causal_spec, per_seed,
                             write_sweep_record)
@@ -72,7 +72,7 @@ def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"}, skip=CAUSAL_SKIP)
     torch.set_num_threads(options.sweep.threads)
     out = Path(options.sweep.out_dir)
-    command = "python experiments/das_seeds.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/das_seeds.py")
     start = time.perf_counter()
     rows, records = per_seed(options.sweep, partial(causal_spec_of_seed, options.spec), das.run, "das",
                              command, print)

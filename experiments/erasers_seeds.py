@@ -12,7 +12,6 @@ and what each removes or costs against no eraser) and the figure `erasers.png`.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -25,6 +24,7 @@ from leakage.analysis import erasers
 from leakage.analysis.probe import ProbeConfig
 from leakage.flags import parse
 from leakage.io import atomic_write_text
+from leakage.provenance import script_command
 from leakage.plotting import plot_erasers
 from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_job_causal_spec, per_seed,
                             write_sweep_record)
@@ -66,7 +66,7 @@ def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"}, skip=CAUSAL_SKIP)
     torch.set_num_threads(options.sweep.threads)
     out = Path(options.sweep.out_dir)
-    command = "python experiments/erasers_seeds.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/erasers_seeds.py")
     start = time.perf_counter()
     run = partial(erasers.run, probe=ProbeConfig(whiten=options.probe_whiten))
     rows, _ = per_seed(options.sweep, partial(causal_spec_of_seed, options.spec), run, "erasers", command, print)

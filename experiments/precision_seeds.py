@@ -8,11 +8,12 @@ with examples, traces and probe seeded by S as the main job's probe was; its CSV
 `{out_dir}/precision/seed{S}/`. Then, across seeds, `{out_dir}/precision_channel.csv` (every row, with its
 seed), `precision_summary.csv` (per precision and measure: seeds, median, min, max, and in how many seeds
 the interval lies above chance: a statement about seeds) and the figure `precision_channel.png`.
+`--checkpoint` names another model per seed (`{seed}` in the path), e.g. one trained in bf16 mixed precision
+(`leakage train ... --preset fast-bf16`), and `--models` says in the figure's title what they are.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,6 +26,7 @@ from leakage.flags import parse
 from leakage.io import atomic_write_text
 from leakage.plotting import plot_precision_channel
 from leakage.sweeps import SeedSweep, per_seed, write_sweep_record
+from leakage.provenance import script_command
 
 CHANCE = 0.1  # a digit
 
@@ -34,10 +36,12 @@ class Options:
     """What each seed runs and the sweep.
 
     spec: what each seed's run measures; its checkpoint names the model of seed {seed}.
+    models: what the checkpoints are, for the figure's title.
     sweep: the seeds, the results' folder and torch threads.
     """
 
     spec: precision_channel.PrecisionSpec = precision_channel.PrecisionSpec("runs/reproduce-passcode4-fast-seed{seed}/final")
+    models: str = "main job's model"
     sweep: SeedSweep = SeedSweep()
 
 
@@ -66,11 +70,11 @@ def summary(rows: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.task.n_blocks": "blocks"},
-                    skip=("spec.checkpoint", "spec.seed", "spec.eviction.restart", "spec.eviction.max_block_tokens",
+                    skip=("spec.seed", "spec.eviction.restart", "spec.eviction.max_block_tokens",
                           "spec.task.short_block_rate", "spec.task.passcode_blocks"))
     torch.set_num_threads(options.sweep.threads)
     out = Path(options.sweep.out_dir)
-    command = "python experiments/precision_seeds.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/precision_seeds.py")
     start = time.perf_counter()
     rows, _ = per_seed(options.sweep, lambda seed: replace(options.spec, checkpoint=options.spec.checkpoint.format(
         seed=seed), seed=seed), precision_channel.run, "precision", command, print)
@@ -78,7 +82,7 @@ def main() -> None:
     atomic_write_text(out / "precision_channel.csv", rows.assign(command=command).to_csv(index=False))
     atomic_write_text(out / "precision_summary.csv", table.assign(command=command).to_csv(index=False))
     plot_precision_channel(rows, out / "precision_channel.png",
-                           title=f"the passcode channel at each precision, main job's model, "
+                           title=f"the passcode channel at each precision, {options.models}, "
                                  f"{len(options.sweep.seeds)} seeds")
     seconds = time.perf_counter() - start
     write_sweep_record(out / "precision_seeds.json", options.sweep, command, seconds)

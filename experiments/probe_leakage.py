@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from leakage.analysis import probing
 from leakage.flags import parse
 from leakage.io import atomic_write_json
+from leakage.provenance import script_command
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ def main() -> None:
                           "spec.eviction.summary_end_sees_block"))
     torch.set_num_threads(options.threads)
     out = Path(options.out_dir)
-    command = "python experiments/probe_leakage.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/probe_leakage.py")
     record = probing.run(options.spec, out / f"probe_{options.name}", command=command, log=print)
     atomic_write_json(out / f"bench_probe_{options.name}.json", {
         "phases": record.phases, "command": command, "wall_seconds": record.seconds, "goal_seconds": 600,

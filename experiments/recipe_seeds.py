@@ -13,7 +13,6 @@ appended to `figures/recipes.csv` (with the recipe's settings, training time and
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from leakage.io import atomic_write_text
 from leakage.training.evaluate import accuracies, decoding_modes, validation_examples
 from leakage.training.tasks import TRAINING_SHORT_BLOCK_RATE, TaskConfig
 from leakage.training.train import TRAIN_PRESETS, RunConfig, TrainedRun, TrainPreset, train_or_reuse
+from leakage.provenance import script_command
 
 MODELS = {  # the models whose recipe must learn on every seed
     "passcode4": TaskConfig(task="passcode", n_blocks=4, passcode_block=1),  # the main job's
@@ -105,7 +105,7 @@ def main() -> None:
     torch.set_num_threads(options.threads)
     preset, training = RECIPES[options.recipe]
     task = MODELS[options.model]
-    command = "python experiments/recipe_seeds.py " + " ".join(sys.argv[1:])
+    command = script_command("experiments/recipe_seeds.py")
     for seed in options.seeds:
         run = RunConfig(task=replace(task, **training), preset=preset, seed=seed)
         folder = Path(options.folder.format(model=options.model, recipe=options.recipe, seed=seed))

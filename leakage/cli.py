@@ -467,8 +467,8 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     decode.set_defaults(func=_decode)
 
     train = sub.add_parser("train", help="two-stage Memento SFT on a synthetic task (torchrun-ready)")
-    train.add_argument("--preset", default="fast", help="smoke, fast, fast-v3 / fast-v2 / fast-v1 (earlier recipes: "
-                       "docs/training.md) or paper (TRAIN_PRESETS)")
+    train.add_argument("--preset", default="fast", help="smoke, fast, fast-bf16 (fast in bf16 mixed precision), fast-v3 / "
+                       "fast-v2 / fast-v1 (earlier recipes: docs/training.md) or paper (TRAIN_PRESETS)")
     train.add_argument("--out", required=True, help="run folder, e.g. runs/digits-fast")
     train.add_argument("--stages", default="1,2", help="'1,2' (default), '2' (memento mask only) or '1'")
     train.add_argument("--stage1-steps", type=int)

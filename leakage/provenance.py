@@ -14,11 +14,19 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import shlex
+import sys
 from importlib import metadata
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 LIBRARIES = ("torch", "transformers")
+
+
+def script_command(script: str) -> str:
+    """The shell command that ran `script` (a path from the repository root) with this process's arguments,
+    quoted so that it reruns verbatim (a `{seed}` pattern or a value with spaces stays one argument)."""
+    return shlex.join(["python", script, *sys.argv[1:]])
 
 
 def package_version() -> str:

@@ -27,7 +27,7 @@ import os
 
 PRESET = os.environ.get("LEAKAGE_PRESET", "fast")  # smoke: seconds; fast: the README's models
 CHECKPOINT = f"runs/digits-{PRESET}/final"  # any `leakage train` model; trained here if missing
-N_TRACES = 22_000 if PRESET != "smoke" else 400  # the paper: 50K; 20K at least for the full probe
+N_TRACES = 22_000 if PRESET != "smoke" else 200  # the paper: 50K; 20K at least for the full probe
 PROBE = "mlp" if PRESET != "smoke" else "linear"  # the paper's MLP, or a linear probe
 LAYERS = None  # None: every layer concatenated; or e.g. [3]
 

@@ -102,7 +102,7 @@ def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None 
         progress: Progress = None) -> Record:
     """The ablation sweep of a checkpoint (module docstring); CSV, JSON and a figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_causal_model(spec)
     examples, pairs = twin_run(model, tokenizer, spec)

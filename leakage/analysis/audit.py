@@ -1,7 +1,7 @@
 """`leakage audit CHECKPOINT --method NAME --budget B`: does an eviction policy really remove a secret?
 
 Injects a passcode into one block of the passcode task, lets `method` (a `leakage.analysis.benchmark`
-method: Memento's eviction, restart, full attention or a kvpress press at Memento's moments) evict it, and
+method: Memento's eviction, gist compression, restart, full attention or a kvpress press at Memento's moments) evict it, and
 reports the two numbers a practitioner needs, each with its 95% interval:
 
 * bits of the evicted span recoverable from the retained KV: what the paper's MLP probe, trained on
@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from leakage.analysis.benchmark import METHODS, BenchmarkSpec, benchmark_rows
+from leakage.analysis.benchmark import METHODS, BenchmarkSpec, benchmark_rows, check_format
 from leakage.analysis.record import Clock, Log, Record, check_outputs, finish
 from leakage.engine.model import check_trained_task, load_checkpoint
 
@@ -31,7 +31,7 @@ from leakage.engine.model import check_trained_task, load_checkpoint
 class AuditSpec(BenchmarkSpec):
     """What `leakage audit` runs: `BenchmarkSpec`'s settings for one method.
 
-    method: the eviction policy audited (`leakage.analysis.benchmark.METHODS`).
+    method: the eviction policy audited (`leakage.analysis.benchmark.METHODS`; `gist` on a gist-trained model).
     """
 
     method: str = "memento"
@@ -40,6 +40,7 @@ class AuditSpec(BenchmarkSpec):
         super().__post_init__()
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        check_format((self.method,), self.task)
 
 
 FILES = (".csv", ".json")
@@ -50,7 +51,7 @@ def run(spec: AuditSpec, out: str | Path | None = None, *, command: str | None =
         log: Log | None = None) -> Record:
     """The audit of `spec.method` on `spec.checkpoint` (module docstring): its benchmark row and restart's."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     methods = tuple(dict.fromkeys((spec.method, "restart")))

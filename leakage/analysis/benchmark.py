@@ -4,7 +4,10 @@ shrinking the KV cache leaves recoverable from the cache it keeps, and how much 
 Methods (`METHODS`), all on the same checkpoint, task and examples:
 
 * `full`: no eviction (the upper bound: the passcode stays in view);
-* `memento`: Memento's block eviction (`spec.eviction`);
+* `memento`: Memento's block eviction (`spec.eviction`), on a model trained with text mementos;
+* `gist`: the same eviction on a model trained with LightThinker-style gist mementos (`TaskConfig.gist_tokens`:
+  each block compressed into k inserted tokens the model never writes; k = the memento's length is
+  budget-matched to Memento);
 * `restart`: the same retained text recomputed without the evicted block (the channel removed);
 * the kvpress presses (`leakage.engine.press.PRESSES`: `streaming_llm`, `knorm`, `snapkv`,
   `expected_attention`), acting at Memento's eviction moments and keeping, per layer and KV head, Memento's
@@ -58,7 +61,7 @@ from leakage.stats import cluster_bootstrap_mean, percentile_interval, resample
 from leakage.training.evaluate import Accuracy
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec, unit
 
-EVICTION_METHODS = ("full", "memento", "restart")
+EVICTION_METHODS = ("full", "memento", "gist", "restart")
 METHODS = (*EVICTION_METHODS, *PRESSES)
 NEAREST_PARTS = ("block_end", "summary_start", "memento", "summary_end")
 """The parts of the passcode block whose entries Memento keeps nearest the drop: what the probe reads."""
@@ -72,7 +75,8 @@ class BenchmarkSpec:
     task: the passcode task with fixed-length blocks (one layout: the presses act at the same moments in
         every row).
     eviction: Memento's eviction (the presses act at its moments, with its budget).
-    methods: comma-separated `METHODS`.
+    methods: comma-separated `METHODS` (empty: every method the task's memento format allows: `gist` for gist
+        mementos, `memento` for text).
     budget: None: every press keeps Memento's entry count at each moment; a fraction in (0, 1]: that share of
         the positions before it.
     n: validation examples (answer and running sums).
@@ -87,7 +91,7 @@ class BenchmarkSpec:
     checkpoint: str
     task: TaskConfig = TaskConfig(task="passcode", n_blocks=4, passcode_block=1)
     eviction: EvictionConfig = EvictionConfig()
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = ()
     budget: float | None = None
     n: int = 256
     probe_traces: int = 2000
@@ -99,8 +103,9 @@ class BenchmarkSpec:
 
     def __post_init__(self):
         unknown = [m for m in self.methods if m not in METHODS]
-        if not self.methods or unknown:
+        if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+        check_format(self.methods, self.task)
         if not task_spec(self.task.task).answers_passcode or self.task.passcode_block is None:
             raise ValueError(f"the benchmark needs the passcode task with one passcode_block, got {self.task}")
         if self.task.short_block_rate or self.task.passcode_blocks:
@@ -112,6 +117,23 @@ class BenchmarkSpec:
         probe_preset(self.probe)
         if self.budget is not None and not 0.0 < self.budget <= 1.0:
             raise ValueError(f"budget must be a fraction in (0, 1] or None (Memento's), got {self.budget}")
+
+    @property
+    def method_names(self) -> tuple[str, ...]:
+        """The methods measured: `methods`, or every one the task's memento format allows."""
+        return self.methods or tuple(m for m in METHODS if m != _other_format(self.task))
+
+
+def _other_format(task: TaskConfig) -> str:
+    """The trained-eviction method a task's memento format rules out: `memento` needs text, `gist` gist tokens."""
+    return "memento" if task.gist_tokens else "gist"
+
+
+def check_format(methods: Sequence[str], task: TaskConfig) -> None:
+    """Refuse `memento` on gist traces and `gist` on text ones (the trace format is the model's training)."""
+    if _other_format(task) in methods:
+        raise ValueError(f"method {_other_format(task)!r} does not apply to gist_tokens={task.gist_tokens}: `memento` "
+                         "is eviction on text mementos (gist_tokens=0), `gist` on gist mementos (gist_tokens > 0)")
 
 
 @dataclass
@@ -129,7 +151,8 @@ class Measured:
 
 def eviction_of(method: str, eviction: EvictionConfig) -> EvictionConfig:
     """The `EvictionConfig` of an eviction method (`EVICTION_METHODS`)."""
-    return {"full": EVICTION_PRESETS["vanilla"], "memento": eviction, "restart": replace(eviction, restart=True)}[method]
+    return {"full": EVICTION_PRESETS["vanilla"], "memento": eviction, "gist": eviction,
+            "restart": replace(eviction, restart=True)}[method]
 
 
 def nearest_sites(block: int) -> dict[str, Site]:
@@ -204,16 +227,16 @@ def sums_hits(logits: torch.Tensor, examples: Sequence[Example]) -> tuple[list[b
 
 
 def _batches(items: Sequence, size: int):
+    """(offset, items[offset:offset + size]) for consecutive batches of `items`."""
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield start, items[start:start + size]
 
 
 def method_row(model, tokenizer, method: str, spec: BenchmarkSpec, examples: list[Example],
                references: list[Example], restart_answers: np.ndarray | None) -> tuple[dict, np.ndarray]:
     """One method's row (module docstring) and its answer hits (n, D)."""
     answers, sums, owners, retained, nearest, kv = [], [], [], [], [], None
-    for start in range(0, len(examples), spec.batch_size):
-        chunk = examples[start:start + spec.batch_size]
+    for start, chunk in _batches(examples, spec.batch_size):
         measured = measure(model, tokenizer, chunk, method, spec)
         answers.append(answer_hits(measured.logits, chunk))
         hits, owner = sums_hits(measured.logits, chunk)
@@ -226,7 +249,7 @@ def method_row(model, tokenizer, method: str, spec: BenchmarkSpec, examples: lis
     answer_acc = Accuracy(answer.ravel(), np.repeat(np.arange(len(answer)), answer.shape[1]))
     sums_acc = Accuracy(np.array(sums), np.array(owners))
     features = torch.cat([measure(model, tokenizer, chunk, method, spec).features
-                          for chunk in _batches(references, spec.batch_size)])
+                          for _, chunk in _batches(references, spec.batch_size)])
     labels = torch.tensor([e.passcode_digits for e in references])
     groups = torch.tensor([int("".join(map(str, e.passcode_digits))) for e in references])
     probe = fit_probe(features, labels, groups, probe_preset(spec.probe), seed=spec.seed)
@@ -277,7 +300,7 @@ def benchmark_rows(model, tokenizer, spec: BenchmarkSpec, log: Log = lambda _: N
     restart_row, restart_answers = method_row(model, tokenizer, "restart", spec, examples, references, None)
     restart_row.update(paired_difference(restart_answers, restart_answers, spec.bootstrap, spec.seed))
     rows = []
-    for method in spec.methods:
+    for method in spec.method_names:
         row = restart_row if method == "restart" else method_row(model, tokenizer, method, spec, examples,
                                                                   references, restart_answers)[0]
         log(f"{method}: answer {row['answer_accuracy']:.3f}, sums {row['sums_accuracy']:.3f}, probe "
@@ -304,7 +327,7 @@ def run(spec: BenchmarkSpec, out: str | Path | None = None, *, command: str | No
         log: Log | None = None) -> Record:
     """The benchmark table of one checkpoint (module docstring); CSV, JSON and a figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     frame = benchmark_rows(model, tokenizer, spec, clock)

@@ -134,7 +134,7 @@ def run(spec: ConsistencySpec, out: str | Path | None = None, *, command: str | 
         log: Log | None = None) -> Record:
     """Both checks on the task's validation traces; rows: one per (measure, part) of the timing check."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     examples = validation_examples(spec.task, tokenizer, spec.n, spec.seed)

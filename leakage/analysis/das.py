@@ -523,7 +523,7 @@ def run(spec: DasSpec, out: str | Path | None = None, *, command: str | None = N
         progress: Progress = None) -> Record:
     """The DAS experiment on a checkpoint (module docstring); CSV, JSON and a figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_causal_model(spec)
     frame, top = search(model, tokenizer, spec, clock, progress)

@@ -316,7 +316,7 @@ def run(spec: ErasersSpec, out: str | Path | None = None, *, command: str | None
         progress: Progress = None, probe: ProbeConfig = ProbeConfig()) -> Record:
     """The eraser curve of a checkpoint (module docstring); CSV, JSON and a figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_causal_model(spec)
     frame = eraser_curve(model, tokenizer, spec, probe, clock, progress)

@@ -59,7 +59,7 @@ def run(spec: EvaluationSpec, out: str | Path | None = None, *, command: str | N
         log: Log | None = None) -> Record:
     """Score the checkpoint (module docstring); write CSV + JSON at the stem `out` when given."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_at_precision(spec.checkpoint, spec.precision,
                                          lambda tok: calibration_ids(spec.task, tok, spec.seed))

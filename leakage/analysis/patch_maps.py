@@ -71,7 +71,7 @@ def run(spec: CausalSpec, out: str | Path | None = None, *, command: str | None 
         progress: Progress = None) -> Record:
     """The patching maps of a checkpoint (module docstring); CSV, JSON and the maps' figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_causal_model(spec)
     _, pairs = twin_run(model, tokenizer, spec)

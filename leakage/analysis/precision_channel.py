@@ -122,7 +122,7 @@ def run(spec: PrecisionSpec, out: str | Path | None = None, *, command: str | No
         log: Log | None = None) -> Record:
     """Every precision of `spec` on its checkpoint (module docstring); CSV, JSON and a figure at `out`."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_checkpoint(spec.checkpoint)
     examples = validation_examples(spec.task, tokenizer, spec.n_eval, spec.seed + 1)

@@ -174,7 +174,7 @@ def run(spec: RestartSpec, out: str | Path | None = None, *, command: str | None
         log: Log | None = None) -> Record:
     """The restart ablation on the task's validation examples; rows: the paired units (module docstring)."""
     check_outputs(out, FILES, [spec.checkpoint])
-    check_trained_task(spec.checkpoint, spec.task.task, spec.force)
+    check_trained_task(spec.checkpoint, spec.task, spec.force)
     clock = Clock(log)
     model, tokenizer = load_at_precision(spec.checkpoint, spec.precision,
                                          lambda tok: calibration_ids(spec.task, tok, spec.seed))

@@ -200,13 +200,20 @@ def check_weight_files(path: str | Path) -> None:
             raise ValueError(f"{file}: damaged or truncated weights ({type(err).__name__}: {err})") from None
 
 
-def check_trained_task(path: str | Path, task: str, force: bool = False) -> None:
-    """Refuse to run a `task` analysis on a checkpoint this package trained on another task (its
-    `leakage.json` says which), unless `force`; checkpoints from elsewhere record nothing and pass."""
-    trained = ((checkpoint_record(path) or {}).get("task") or {}).get("task")
-    if trained is not None and trained != task and not force:
-        raise ValueError(f"{path} was trained on the {trained!r} task, not {task!r}: its results on {task!r} would "
+def check_trained_task(path: str | Path, task, force: bool = False) -> None:
+    """Refuse to run an analysis of `task` (a `TaskConfig`, or a task name) on a checkpoint this package trained
+    on another task or another memento format (text vs gist tokens; its `leakage.json` says which), unless
+    `force`; checkpoints from elsewhere record nothing and pass."""
+    record = (checkpoint_record(path) or {}).get("task") or {}
+    name = task if isinstance(task, str) else task.task
+    trained = record.get("task")
+    if trained is not None and trained != name and not force:
+        raise ValueError(f"{path} was trained on the {trained!r} task, not {name!r}: its results on {name!r} would "
                          "mean nothing; pass --force to run anyway")
+    gists = record.get("gist_tokens", 0)
+    if trained is not None and not isinstance(task, str) and gists != task.gist_tokens and not force:
+        raise ValueError(f"{path} was trained with gist_tokens={gists}, not {task.gist_tokens}: its mementos are "
+                         f"{'gist tokens' if gists else 'text'}; pass --gist-tokens {gists} (or --force)")
 
 
 def checkpoint_record(path: str | Path) -> dict | None:

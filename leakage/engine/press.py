@@ -42,6 +42,7 @@ from leakage.config import EvictionConfig
 from leakage.engine.cache import SlotTable, attention_mask, cache_layers
 from leakage.engine.views import hf_module
 from leakage.memento.schedule import eviction_schedule
+from leakage.memento.mask import still_cached
 from leakage.memento.spans import TraceSpans
 
 
@@ -256,11 +257,8 @@ def press_masks(dropped_at: torch.Tensor, n_heads: int) -> list[torch.Tensor]:
         raise ValueError(f"{n_heads} query heads cannot share {H} KV heads")
     query = torch.arange(T, device=dropped_at.device)
     causal = query[None, :] <= query[:, None]  # (T, T)
-    masks = []
-    for layer in dropped_at:  # (B, H, T)
-        visible = query[None, None, :, None] < layer[:, :, None, :]  # (B, H, T_q, T_k)
-        masks.append((visible & causal).repeat_interleave(n_heads // H, dim=1))
-    return masks
+    return [(still_cached(query, layer) & causal).repeat_interleave(n_heads // H, dim=1)  # layer: (B, H, T)
+            for layer in dropped_at]
 
 
 @torch.no_grad()

@@ -108,7 +108,7 @@ def unroll(spans: TraceSpans, eviction: EvictionConfig = EvictionConfig()) -> Un
     index_t, step_t = torch.tensor(index, dtype=torch.long), torch.tensor(step, dtype=torch.long)
     final_t, replaced_t = torch.tensor(final), torch.tensor(replaced, dtype=torch.long)
     mask = ((index_t[None, :] <= index_t[:, None]) & (step_t[None, :] <= step_t[:, None])
-            & (step_t[:, None] < replaced_t[None, :]) & (step_t[:, None] < hidden_from[index_t][None, :]))
+            & (step_t[:, None] < replaced_t[None, :]) & still_cached(step_t, hidden_from[index_t]))
     for r in schedule.recomputes:
         if r.hidden is not None:
             lo, hi = r.hidden
@@ -116,6 +116,14 @@ def unroll(spans: TraceSpans, eviction: EvictionConfig = EvictionConfig()) -> Un
             mask[rows[:, None] & ((index_t >= lo) & (index_t < hi))[None, :]] = False
     predicts = ~final_t | (stale_until[index_t] == _NEVER)  # a recomputed row predicts where no stale copy did
     return Unrolled(index=index_t, step=step_t, final=final_t, predicts=predicts, mask=mask)
+
+
+def still_cached(query_step: torch.Tensor, hidden_from: torch.Tensor) -> torch.Tensor:
+    """The eviction rule as a mask: (..., Q, K) bool, True where a query computed in step `query_step` (Q,) still
+    finds key k in the cache, i.e. before the step `hidden_from[..., k]` (..., K) that evicted it (`_NEVER`: never
+    evicted). The memento schedule's evictions (`unroll`) and a press's per-head decisions
+    (`leakage.engine.press.press_masks`) both become masks through it."""
+    return query_step[:, None] < hidden_from[..., None, :]
 
 
 def mask_from_spans(spans: TraceSpans, eviction: EvictionConfig = EvictionConfig()) -> torch.Tensor:

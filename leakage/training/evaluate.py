@@ -91,8 +91,10 @@ class Accuracy:
 
 def model_written(example: Example) -> set[int]:
     """Positions the model writes in the free-running evaluation (and RL rollouts): the running sums,
-    the mementos and the answer; everything else (block digits, passcode, markers) is given."""
-    return {p for ps in example.sum_positions + example.memento_positions for p in ps} | set(example.answer_positions)
+    the mementos (unless a method inserts them: `Example.inserted`) and the answer; everything else (block
+    digits, passcode, markers, gist tokens) is given."""
+    written = {p for ps in example.sum_positions + example.memento_positions for p in ps} | set(example.answer_positions)
+    return written - set(example.inserted)
 
 
 def free_run_results(model, tokenizer, examples: list[Example], eviction: EvictionConfig) -> list[SequenceResult]:

@@ -15,6 +15,11 @@
   digits. The passcode enters no sum, so memento text carries nothing about it: once its block is
   evicted, only the implicit KV channel can carry it to the answer (text-only accuracy is chance). The
   behavioural twin of the paper's passcode probe; `passcode_block` sets the distance to the answer.
+* gist mementos (every task, `gist_tokens = k`): LightThinker-style compression. Each memento is k copies of
+  `GIST_WORD`, written by the decoder after the model closes a block (`Example.inserted`: no loss, never
+  sampled) instead of the running sum as text; their keys and values, computed while the block is visible,
+  are all that carries the block forward. Eviction is Memento's, unchanged: a gist memento changes what the
+  trace holds, not when anything leaves the cache, so the schedule and the mask express it as they are.
 * passcode injection (every task): block `passcode_block` also holds "passcode p p p p p", tokens that
   enter no sum and no memento. Passcodes come from a partition of the label space, so train and
   validation never share one (`passcode_split`).
@@ -44,6 +49,9 @@ from leakage.memento.spans import parse_spans
 from leakage.memento.trace import MementoTrace, Named
 
 TRAINING_SHORT_BLOCK_RATE = 0.8  # the curriculum `leakage train`/`reproduce` use (docs/results.md)
+GIST_WORD = "note"
+"""The gist placeholder: a vocabulary word no task writes, so the gist method adds no word (every vocabulary,
+and so every checkpoint's initialisation, stays as it was)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,8 @@ class TaskConfig:
     passcode_digits: digits of the passcode.
     little_endian_sums: write sums ones digit first.
     short_block_rate: training curriculum, the share of blocks with 1..digits_per_block-1 digits.
+    gist_tokens: 0: each memento is the running sum as text; k > 0: k gist tokens the decoder inserts
+        (LightThinker-style; module docstring).
     """
 
     task: str = "digits"
@@ -71,12 +81,15 @@ class TaskConfig:
     passcode_digits: int = 5
     little_endian_sums: bool = True  # sums written ones digit first (see module docstring)
     short_block_rate: float = 0.0  # training curriculum: share of blocks with 1..digits_per_block-1 digits
+    gist_tokens: int = 0
 
     def __post_init__(self):
         spec = task_spec(self.task)
         for name in ("n_blocks", "digits_per_block", "sum_digits", "passcode_digits"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.gist_tokens < 0:
+            raise ValueError(f"gist_tokens must be 0 (text mementos) or a positive count, got {self.gist_tokens}")
         if not 0.0 <= self.short_block_rate <= 1.0 or (self.short_block_rate and self.digits_per_block < 2):
             raise ValueError("short_block_rate must be in [0, 1] with digits_per_block >= 2")
         if self.passcode_block is not None and not 0 <= self.passcode_block < self.n_blocks:
@@ -116,6 +129,7 @@ class Example:
     passcode: int | None = None
     passcode_block: int | None = None
     recall: tuple[int, int] | None = None  # (block, digit index) asked for
+    gist: bool = False  # the mementos are gist tokens (`TaskConfig.gist_tokens`)
 
     @property
     def sum_positions(self) -> list[list[int]]:
@@ -146,6 +160,16 @@ class Example:
     @property
     def passcode_positions(self) -> list[int]:
         return self.positions.select("passcode") if self.passcode is not None else []
+
+    @property
+    def inserted(self) -> list[int]:
+        """Positions the compression method writes, not the model: with gist mementos, every block's
+        `<|summary_start|>`, gist tokens and `<|summary_end|>` (no loss, never sampled); else none."""
+        if not self.gist:
+            return []
+        parts = ("summary_start", "memento", "summary_end")
+        return sorted(p for i in range(len(self.block_digits)) for part in parts
+                      for p in self.positions.select(Site(part, i)))
 
 
 def _split_of(passcode: int, val_fraction: float) -> str:
@@ -189,7 +213,8 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
         pieces = [(f"digits/{i}", _words(digits)), (None, "="), (f"sum/{i}", _words(written(running)))]
         if i == passcode_block:
             pieces += [(None, "passcode"), ("passcode", _words(_digits(passcode, config.passcode_digits)))]
-        blocks.append((Named(*pieces), _words(written(running))))
+        memento = " ".join([GIST_WORD] * config.gist_tokens) if config.gist_tokens else _words(written(running))
+        blocks.append((Named(*pieces), memento))
         block_digits.append(digits)
         sums.append(running)
     passcode_digits = _digits(passcode, config.passcode_digits) if passcode is not None else []
@@ -204,7 +229,8 @@ def make_example(config: TaskConfig, tokenizer, seed: int, index: int, split: st
     spans = parse_spans(rendered.ids, tokenizer)
     return Example(ids=rendered.ids, prompt_len=spans.prompt_len, trace=trace, block_digits=block_digits,
                    running_sums=sums, answer=question.answer, positions=trace_positions(spans, parts),
-                   passcode=passcode, passcode_block=passcode_block, recall=question.recall)
+                   passcode=passcode, passcode_block=passcode_block, recall=question.recall,
+                   gist=bool(config.gist_tokens))
 
 
 def recall_text_only_accuracy(digits_per_block: int = 5) -> float:

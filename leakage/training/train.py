@@ -64,6 +64,7 @@ class TrainPreset:
     schedule: str = "cosine"  # the learning rate after warm-up (an HF scheduler name)
     decay: float = 0.0  # warmup_stable_decay only: share of each stage's steps in the final (cosine) decay
     loss_on_random_inputs: bool = True  # train on predicting the digits the task draws at random (pure noise)
+    bf16: bool = False  # bf16 mixed precision (autocast, as the paper trained); weights and optimizer stay float32
 
     def __post_init__(self):
         for name in ("stage1_steps", "stage2_steps", "batch_size", "train_examples", "eval_every", "save_every",
@@ -102,6 +103,10 @@ TRAIN_PRESETS: dict[str, TrainPreset] = {
     # the committed results of the 10-block `fast` models (docs/results.md) were trained with it
     "fast-v1": TrainPreset(stage1_steps=300, stage2_steps=1500, batch_size=32, learning_rate=3e-3,
                            train_examples=48_000, eval_every=150, save_every=150, n_val=256, n_eval=64),
+    # `fast` in bf16 mixed precision, as the paper trained (issue 23: does a bf16-trained channel survive bf16?)
+    "fast-bf16": TrainPreset(stage1_steps=300, stage2_steps=3300, batch_size=32, learning_rate=3e-3,
+                             train_examples=48_000, eval_every=300, save_every=300, n_val=256, n_eval=64,
+                             loss_on_random_inputs=False, schedule="warmup_stable_decay", decay=0.3, bf16=True),
     # the paper's toy regime: 50K training sequences, several epochs per stage
     "paper": TrainPreset(stage1_steps=4000, stage2_steps=8000, batch_size=64, learning_rate=2e-3,
                          train_examples=50_000, eval_every=500, save_every=500, n_val=1000, n_eval=256),
@@ -166,8 +171,9 @@ class TaskDataset(Dataset):
         if index not in self._rows:
             example = make_example(self.config, self.tokenizer, self.seed, index, self.split)
             row = {"input_ids": example.ids, "prompt_len": example.prompt_len}
-            if not self.loss_on_random_inputs:
-                row["untrained"] = example.random_inputs
+            untrained = example.inserted + ([] if self.loss_on_random_inputs else example.random_inputs)
+            if untrained:
+                row["untrained"] = sorted(untrained)
             self._rows[index] = row
         return self._rows[index]
 
@@ -305,7 +311,7 @@ def training_arguments(run: RunConfig, stage: int, stage_dir: Path, **overrides)
         metric_for_best_model="eval_loss", greater_is_better=False, logging_steps=max(1, p.eval_every // 5),
         logging_first_step=True, logging_nan_inf_filter=False, report_to="none", remove_unused_columns=False,
         dataloader_num_workers=0,
-        ddp_backend=_ddp_backend(), use_cpu=not torch.cuda.is_available(),
+        ddp_backend=_ddp_backend(), use_cpu=not torch.cuda.is_available(), bf16=p.bf16,
     )
     if p.decay:
         kwargs["lr_scheduler_kwargs"] = {"num_decay_steps": round(p.decay * run.stage_steps(stage))}

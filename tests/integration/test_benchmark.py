@@ -83,3 +83,29 @@ def test_the_audit_command_prints_bits_and_answer_accuracy_with_intervals(passco
 def test_the_audit_refuses_an_unknown_method(passcode_checkpoint, capsys):
     assert main(["audit", str(passcode_checkpoint), "--method", "h2o"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_gist_and_memento_each_apply_to_their_own_memento_format(passcode_checkpoint, capsys):
+    from leakage.analysis.audit import AuditSpec
+    from leakage.config import EvictionConfig
+    from leakage.memento.kv import simulate_kv
+
+    gist_task = replace(PASSCODE_TASK, gist_tokens=PASSCODE_TASK.sum_digits)
+    assert "memento" in BenchmarkSpec("m", task=PASSCODE_TASK).method_names
+    assert "gist" not in BenchmarkSpec("m", task=PASSCODE_TASK).method_names
+    names = BenchmarkSpec("m", task=gist_task).method_names
+    assert "gist" in names and "memento" not in names and "restart" in names and "snapkv" in names
+    with pytest.raises(ValueError, match="does not apply"):
+        BenchmarkSpec("m", task=gist_task, methods=("memento",))
+    with pytest.raises(ValueError, match="does not apply"):
+        AuditSpec("m", task=PASSCODE_TASK, method="gist")
+    # k gist tokens per block, k = the memento's length: entry for entry Memento's KV budget
+    _, tokenizer = load_model(passcode_checkpoint)
+    text, gist = (make_example(task, tokenizer, 0, 0, "val") for task in (PASSCODE_TASK, gist_task))
+    eviction = EvictionConfig()
+    assert simulate_kv(gist.ids, tokenizer, eviction).response_steps == simulate_kv(text.ids, tokenizer,
+                                                                                    eviction).response_steps
+    # a text-trained checkpoint is refused gist traces
+    assert main(["benchmark", str(passcode_checkpoint), "--blocks", "3", "--passcode-block", "1", "--gist-tokens",
+                 "3", "--methods", "gist"]) == 2
+    assert "trained with gist_tokens=0" in capsys.readouterr().err

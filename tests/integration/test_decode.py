@@ -108,6 +108,29 @@ def test_training_batch_computes_every_prediction_eviction_decoding_makes(rows, 
             assert (logits[b, row] - first[(b, p)]).abs().max() < 1e-4, f"row {b}, position {p}"
 
 
+def test_gist_compression_evicts_as_it_masks_and_the_decoder_writes_the_gists():
+    """LightThinker-style gist mementos under Memento's eviction: physical eviction equals the dense masked
+    forward, and free-running decoding inserts the gist tokens whatever the model would have written."""
+    from leakage.training.evaluate import free_run
+    from leakage.training.tasks import TaskConfig, make_example
+
+    model, _ = MODELS["tiny"]
+    task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1, gist_tokens=3)
+    examples = [make_example(task, TOKENIZER, 0, i, "val") for i in range(2)]
+    config = EvictionConfig()
+    result = teacher_force(model, TOKENIZER, [e.ids for e in examples], config,
+                          prompt_len=[e.prompt_len for e in examples])
+    for b, e in enumerate(examples):
+        assert (result.logits[b, :len(e.ids)] - dense_logits(model, e.ids, config)).abs().max() < 1e-4
+        gist = examples[b].memento_positions[1]
+        mask = memento_mask(e.ids, TOKENIZER, eviction=config)
+        block = e.passcode_positions
+        assert mask[gist[-1], block].all() and not mask[e.answer_positions[0], block].any()
+    decoded = free_run(model, TOKENIZER, examples, config)
+    for e, ids in zip(examples, decoded):
+        assert [ids[p] for p in e.inserted] == [e.ids[p] for p in e.inserted]
+
+
 ROWS = [MementoTrace("sum", [("1 2 3", "6"), ("4 5", "9"), ("7", "1 6")], "1 6").to_ids(TOKENIZER),
         MementoTrace("what", [("1", "1 2"), ("4 5 6 7", "9")], "9").to_ids(TOKENIZER)]
 

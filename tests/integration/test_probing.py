@@ -48,7 +48,7 @@ def test_probe_cli_on_the_synthetic_task(tmp_path, capsys, tiny):
     for folder in ("final", "stage1/checkpoint-3", "stage2/checkpoint-3", "stage2/checkpoint-6"):
         save_model(*tiny, run / folder)
     out = tmp_path / "probe.csv"
-    assert main(["probe", str(run / "final"), "--n", "240", "--blocks", "4", "--kind", "linear", "--mdl",
+    assert main(["probe", str(run / "final"), "--n", "120", "--blocks", "4", "--kind", "linear", "--mdl",
                  "--no-per-layer", "--max-keep", "1", "--checkpoints", "2", "--n-eval", "8", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     conditions = set(table.condition)

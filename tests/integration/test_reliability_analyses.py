@@ -18,6 +18,7 @@ from leakage.io import atomic_write_json
 from leakage.pipeline.llm import ChatClient, LLMConfig, LLMError
 from leakage.training.tasks import TaskConfig
 from leakage.training.train import RunConfig, TrainingDiverged, train, train_preset
+from tests.integration.conftest import REPRODUCE
 from tests.integration.test_reliability import fails_cleanly
 
 SMOKE = ["--preset", "smoke"]
@@ -43,16 +44,13 @@ def edited(monkeypatch, module: str) -> None:
 
 # -- stale results ---------------------------------------------------------------------------------------------
 
-def test_a_code_change_reruns_exactly_the_stages_whose_code_changed(tmp_path, capsys, monkeypatch):
-    argv = ["reproduce", *SMOKE, "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")]
-    assert main(argv) == 0
-    capsys.readouterr()
+def test_a_code_change_reruns_exactly_the_stages_whose_code_changed(reproduced, capsys, monkeypatch):
     edited(monkeypatch, "leakage.analysis.probing")
-    assert main(argv) == 0
+    assert main(REPRODUCE) == 0
     printed = capsys.readouterr().out
     assert "[probe] running" in printed and printed.count("skipped") == 6, printed
     edited(monkeypatch, "leakage.training.train")  # training code: the model is retrained (same seed, same
-    assert main(argv) == 0  # weights); stages whose code does not import it are not rerun
+    assert main(REPRODUCE) == 0  # weights); stages whose code does not import it are not rerun
     printed = capsys.readouterr().out
     assert "[train] running" in printed and "[evaluate] done before" in printed
 
@@ -65,36 +63,31 @@ def test_resume_after_a_code_change_is_refused_naming_the_difference(tmp_path, c
     assert main([*argv, "--overwrite"]) == 0
 
 
-def test_a_swapped_run_folder_is_retrained_not_reused(tmp_path, capsys):
-    out, runs = tmp_path / "out", tmp_path / "runs"
-    argv = ["reproduce", *SMOKE, "--out", str(out), "--runs-dir", str(runs)]
-    assert main(argv) == 0
-    folder = runs / "reproduce-passcode3-smoke-seed0"
+def test_a_swapped_run_folder_is_retrained_not_reused(reproduced, capsys):
+    folder = reproduced / "runs" / "reproduce-passcode3-smoke-seed0"
     assert folder.is_dir()  # the seed is in the run folder's name
     digits = RunConfig(task=TaskConfig(task="digits", n_blocks=3), preset=train_preset("smoke"))
     train(digits, folder, overwrite=True)  # another task's model in the main job's folder
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main(REPRODUCE) == 0
     assert "[train] running" in capsys.readouterr().out
     assert json.loads((folder / "config.json").read_text())["task"]["task"] == "passcode"
     capsys.readouterr()  # the same folder named relative or absolute is the same folder
-    assert main(["reproduce", *SMOKE, "--out", str(out), "--runs-dir", str(Path(runs).resolve())]) == 0
+    assert main(["reproduce", *SMOKE, "--out", "out", "--runs-dir", str((reproduced / "runs").resolve())]) == 0
     assert "running" not in capsys.readouterr().out
 
 
-def test_an_output_folder_belongs_to_one_reproduce(tmp_path, capsys):
-    out = tmp_path / "out"
-    base = ["reproduce", *SMOKE, "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
-    assert main(base) == 0
+def test_an_output_folder_belongs_to_one_reproduce(reproduced, capsys):
+    out = reproduced / "out"
     records = {p.name: p.read_text() for p in (out / "stages").glob("*.json")}
-    fails_cleanly(capsys, [*base, "--seed", "1"], r"reproduce with other settings \(differs in \['seed'\]")
+    fails_cleanly(capsys, [*REPRODUCE, "--seed", "1"], r"reproduce with other settings \(differs in \['seed'\]")
     assert {p.name: p.read_text() for p in (out / "stages").glob("*.json")} == records  # untouched
-    assert main([*base, "--seed", "1", "--overwrite"]) == 0
+    assert main([*REPRODUCE, "--seed", "1", "--overwrite"]) == 0
     assert json.loads((out / "reproduce.json").read_text())["seed"] == 1
-    assert (tmp_path / "runs" / "reproduce-passcode3-smoke-seed1" / "final").is_dir()
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "notes.txt").write_text("mine")
-    fails_cleanly(capsys, ["reproduce", *SMOKE, "--out", str(tmp_path / "other")], "no `leakage reproduce` wrote")
+    assert (reproduced / "runs" / "reproduce-passcode3-smoke-seed1" / "final").is_dir()
+    (reproduced / "other").mkdir()
+    (reproduced / "other" / "notes.txt").write_text("mine")
+    fails_cleanly(capsys, ["reproduce", *SMOKE, "--out", str(reproduced / "other")], "no `leakage reproduce` wrote")
 
 
 # -- outputs never touch inputs ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +29,17 @@ def _torchrun(processes: int, *args: str) -> subprocess.CompletedProcess:
     return done
 
 
-def test_two_processes_capture_their_shares_and_gather_the_single_process_dataset(tmp_path):
-    for processes in (1, 2):
-        _torchrun(processes, "tests/shard_capture.py", str(tmp_path / f"world{processes}"))
+def test_two_processes_capture_their_shares_and_gather_the_single_process_dataset(tmp_path, monkeypatch):
+    from tests import shard_capture
+
+    for name in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    try:  # one process: this one (no torchrun), with the script's single thread
+        shard_capture.main(tmp_path / "world1")
+    finally:
+        torch.set_num_threads(threads)
+    _torchrun(2, "tests/shard_capture.py", str(tmp_path / "world2"))
     one, two = (load_file(tmp_path / f"world{p}" / "dataset.safetensors") for p in (1, 2))
     assert one.keys() == two.keys() and len(one) > 2
     for name in one:

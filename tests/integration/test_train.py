@@ -101,6 +101,13 @@ def test_same_machine_same_seed_gives_identical_weights_and_another_seed_does_no
     assert not all(torch.equal(first[name], other[name]) for name in first)
 
 
+def test_the_bf16_recipe_is_fast_in_bf16_mixed_precision(tmp_path):
+    assert train_preset("fast-bf16") == replace(train_preset("fast"), bf16=True)
+    run = RunConfig(task=TASK, preset=replace(SMOKE, bf16=True), stages=(1,))
+    assert training_arguments(run, 1, tmp_path).bf16  # Trainer autocasts the forward to bf16
+    assert not training_arguments(replace(run, preset=SMOKE), 1, tmp_path).bf16
+
+
 def test_training_batches_are_causal(tiny):
     """The collator's mask really masks: no logit depends on a later token."""
     model, tokenizer = tiny
@@ -240,14 +247,13 @@ def test_cli_train_and_eval_smoke(tmp_path, capsys):
     assert results["memento/free_running"]["total"] == 12
 
 
-def test_reproduce_smoke_writes_every_file_its_report_names_and_a_rerun_skips_done_stages(tmp_path, capsys):
+def test_reproduce_smoke_writes_every_file_its_report_names_and_a_rerun_skips_done_stages(reproduced, capsys):
     import re
 
     from leakage.cli import main
+    from tests.integration.conftest import REPRODUCE
 
-    out = tmp_path / "out"
-    argv = ["reproduce", "--preset", "smoke", "--out", str(out), "--runs-dir", str(tmp_path / "runs")]
-    assert main(argv) == 0
+    out = reproduced / "out"
     report = (out / "REPORT.md").read_text()
     named = set(re.findall(r"[\w/]+\.(?:csv|png|json)", report))
     assert {"probe.csv", "patch.png", "ablate.csv", "restart.json", "kv_sawtooth.png", "evaluate.json"} <= named
@@ -258,29 +264,35 @@ def test_reproduce_smoke_writes_every_file_its_report_names_and_a_rerun_skips_do
         assert "error" not in record, record.get("traceback")
     assert "failed" not in report
     capsys.readouterr()
-    assert main(argv) == 0
+    assert main(REPRODUCE) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped") == 7 and "running" not in printed
 
 
-def test_reproduce_reports_a_failing_stage_and_runs_the_others(tmp_path, monkeypatch):
+def test_reproduce_reports_a_failing_stage_and_runs_the_others(reproduced, monkeypatch):
     from leakage import reproduce
 
     def broken(ctx):
         raise RuntimeError("planted failure")
 
-    monkeypatch.setitem(reproduce.STAGES, "kv", broken)
-    config = reproduce.ReproduceConfig(preset="smoke", out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"))
-    monkeypatch.setitem(reproduce.STAGES, "probe", broken)
-    records = reproduce.reproduce(config)
-    assert "planted failure" in records["kv"]["error"] and "error" not in records["restart"]
-    report = (tmp_path / "out" / "REPORT.md").read_text()
+    for name in ("kv", "probe"):  # done in the copy: forget them, and break them
+        (reproduced / "out" / "stages" / f"{name}.json").unlink()
+        monkeypatch.setitem(reproduce.STAGES, name, broken)
+    records = reproduce.reproduce(reproduce.ReproduceConfig(preset="smoke", out="out", runs_dir="runs"))
+    assert "planted failure" in records["kv"]["error"] and "planted failure" in records["probe"]["error"]
+    assert "error" not in records["restart"]
+    report = (reproduced / "out" / "REPORT.md").read_text()
     assert "| kv |" in report and "failed: RuntimeError: planted failure" in report
 
 
-def test_reproduce_extras_run_the_erasure_and_the_restart_trained_control(tmp_path):
+def test_reproduce_extras_run_the_erasure_and_the_restart_trained_control(tmp_path, monkeypatch):
     from leakage import reproduce
 
+    def not_under_test(ctx):
+        raise RuntimeError("not under test")
+
+    for name in ("evaluate", "kv", "probe", "restart", "patch", "ablate"):  # tested above; only the extras here
+        monkeypatch.setitem(reproduce.STAGES, name, not_under_test)
     config = reproduce.ReproduceConfig(preset="smoke", out=str(tmp_path / "out"), runs_dir=str(tmp_path / "runs"),
                                        extras=True)
     records = reproduce.reproduce(config)

@@ -110,3 +110,28 @@ def test_bad_task_configs_are_refused():
     with pytest.raises(ValueError, match="short_block_rate"):
         TaskConfig(short_block_rate=1.5)
     build_tokenizer()  # the vocabulary covers every task word
+
+
+def test_gist_mementos_are_inserted_placeholders_the_loss_never_sees(tokenizer):
+    from leakage.config import EvictionConfig
+    from leakage.training.evaluate import model_written
+    from leakage.training.tasks import GIST_WORD
+    from leakage.training.train import MementoCollator, TaskDataset
+
+    text = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)
+    gist = TaskConfig(task="passcode", n_blocks=3, passcode_block=1, gist_tokens=2)
+    e, g = make_example(text, tokenizer, 4, 1), make_example(gist, tokenizer, 4, 1)
+    assert g.block_digits == e.block_digits and g.passcode == e.passcode and g.answer == e.answer
+    assert all(tokenizer.decode([g.ids[p] for p in ps]) == f"{GIST_WORD} {GIST_WORD}" for ps in g.memento_positions)
+    assert e.inserted == [] and model_written(e) >= {p for ps in e.memento_positions for p in ps}
+    # the decoder writes each block's summary delimiters and gists; the model writes sums and the answer
+    marker = {tokenizer.convert_tokens_to_ids(t) for t in ("<|summary_start|>", "<|summary_end|>")}
+    gists = {p for ps in g.memento_positions for p in ps}
+    assert set(g.inserted) == gists | {p for p, t in enumerate(g.ids) if t in marker}
+    assert not model_written(g) & set(g.inserted) and set(g.answer_positions) <= model_written(g)
+    labels = MementoCollator(tokenizer, EvictionConfig())([TaskDataset(gist, tokenizer, 2, 4)[1]])["labels"][0]
+    scored = {p for p in range(len(g.ids)) if labels[p] != -100}  # labels[p]: the token at p, predicted from p - 1
+    assert not scored & set(g.inserted)
+    assert set(g.answer_positions) | {p for ps in g.sum_positions for p in ps} <= scored
+    with pytest.raises(ValueError, match="gist_tokens"):
+        TaskConfig(gist_tokens=-1)
