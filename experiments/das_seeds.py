@@ -23,8 +23,8 @@ import torch
 from leakage.analysis import das
 from leakage.flags import parse
 from leakage.io import atomic_write_text
-from leakage.provenance import script_command
 from leakage.plotting import plot_das
+from leakage.provenance import script_command
 from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_job_causal_spec, per_seed,
                             write_sweep_record)
 

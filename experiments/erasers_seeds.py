@@ -24,8 +24,8 @@ from leakage.analysis import erasers
 from leakage.analysis.probe import ProbeConfig
 from leakage.flags import parse
 from leakage.io import atomic_write_text
-from leakage.provenance import script_command
 from leakage.plotting import plot_erasers
+from leakage.provenance import script_command
 from leakage.sweeps import (CAUSAL_SKIP, SeedSweep, causal_spec_of_seed, main_job_causal_spec, per_seed,
                             write_sweep_record)
 
