@@ -7,7 +7,7 @@ model of that seed (`runs/reproduce-passcode4-fast-seed{S}/final`, trained by `l
 with examples, traces and probe seeded by S as the main job's probe was; its CSV, JSON and figure go to
 `{out_dir}/precision/seed{S}/`. Then, across seeds, `{out_dir}/precision_channel.csv` (every row, with its
 seed), `precision_summary.csv` (per precision and measure: seeds, median, min, max, and in how many seeds
-the interval lies above chance: a statement about seeds) and the figure `precision_channel.png`.
+the interval lies beyond its null: a statement about seeds) and the figure `precision_channel.png`.
 `--checkpoint` names another model per seed (`{seed}` in the path), e.g. one trained in bf16 mixed precision
 (`leakage train ... --preset fast-bf16`), and `--models` says in the figure's title what they are.
 """
@@ -46,19 +46,24 @@ class Options:
 
 
 def summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per precision and measure, across seeds: the value (accuracy, points or bits), median, min, max, and
-    the seeds whose 95% interval lies above chance (accuracies) or below zero (restart drop)."""
+    """Per precision and measure (and probe budget, for learning curves), across seeds: the value (an accuracy,
+    the restart drop's points, or a layer's patching effect), median, min, max, and the seeds whose 95% interval
+    lies beyond the null: above chance (accuracies), below zero (restart drop), above zero (patching effects)."""
+    keys = ["precision", "measure"] + (["budget"] if "budget" in rows else [])
     out = []
-    for (precision, measure), group in rows.groupby(["precision", "measure"], sort=False):
-        value = group["points"] if measure == "restart_drop" else group["accuracy"]
-        entry = {"precision": precision, "measure": measure, "seeds": len(group), "median": value.median(),
-                 "min": value.min(), "max": value.max()}
+    for key, group in rows.groupby(keys, sort=False, dropna=False):
+        precision, measure = key[:2]
+        entry = {"precision": precision, "measure": measure, "seeds": len(group)}
+        if "budget" in rows and pd.notna(key[2]):
+            entry["budget"] = int(key[2])
         if measure == "restart_drop":
-            entry["seeds_beyond_null"] = int((group.ci95_high < 0).sum())
-            entry["null"] = "no drop (interval below 0)"
+            value, beyond, null = group["points"], group.ci95_high < 0, "no drop (interval below 0)"
+        elif measure.startswith("patch_layer"):
+            value, beyond, null = group["effect"], group.ci95_low > 0, "no effect (interval above 0)"
         else:
-            entry["seeds_beyond_null"] = int((group.ci95_low > CHANCE).sum())
-            entry["null"] = "chance (interval above 10%)"
+            value, beyond, null = group["accuracy"], group.ci95_low > CHANCE, "chance (interval above 10%)"
+        entry.update(median=value.median(), min=value.min(), max=value.max(), seeds_beyond_null=int(beyond.sum()),
+                     null=null)
         if "bits_leaked" in group and group.bits_leaked.notna().any():
             entry.update(bits_median=group.bits_leaked.median(), bits_min=group.bits_leaked.min(),
                          bits_max=group.bits_leaked.max())

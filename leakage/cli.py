@@ -73,7 +73,7 @@ def _selfcheck(args: argparse.Namespace) -> int:
     rows = selfcheck(spec)
     print(pd.DataFrame(rows).to_string(index=False, float_format="%.2e"))
     failed = sum(not row["passed"] for row in rows)
-    print(f"{len(rows) - failed} of {len(rows)} checks passed at {spec.precision} "
+    print(f"{len(rows) - failed} of {len(rows)} checks passed at {spec.precision} on {spec.device} "
           f"({'checkpoint ' + spec.checkpoint if spec.checkpoint else 'a fresh ' + spec.model_preset + ' model'})")
     return 1 if failed else 0
 

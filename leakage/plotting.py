@@ -436,16 +436,24 @@ def plot_probe_budget(rows: list[dict], path: str | Path, title: str = "") -> Pa
 def plot_precision_channel(frame, path: str | Path, title: str = "") -> Path:
     """The passcode channel at each precision (rows of `leakage.analysis.precision_channel.run`, with a `seed`
     column when several models are drawn): (a) used, the answer digits under memento and restart decoding;
-    (b) present, the probe's accuracy at masked d=1 and at the retained delimiters. One dot per model, a bar
-    at the median."""
+    (b) present, the probe's accuracy at masked d=1 and at the retained delimiters; where measured, (c) used
+    causally, the answer digits that follow the twin's passcode under its retained cache (patching), and (d)
+    the probes' learning curves (median over models, one line per precision and site). One dot per model, a
+    bar at the median."""
     order = list(dict.fromkeys(frame.precision))
     x = {name: i for i, name in enumerate(order)}
-    fig, (used, present) = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
-    panels = ((used, (("answer_memento", "memento decoding", "tab:blue"), ("answer_restart", "restart", "tab:red"))),
-              (present, (("probe_masked_d1", "probe, masked d=1", "tab:purple"),
-                         ("probe_delimiters", "probe, retained delimiters", "tab:orange"))))
+    patched = "patch_twin_cache" in set(frame.measure)
+    curves = frame[frame.measure.str.startswith("curve_")]
+    n_panels = 2 + patched + (len(curves) > 0)
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 3.8))
+    panels = [(axes[0], (("answer_memento", "memento decoding", "tab:blue"), ("answer_restart", "restart", "tab:red"))),
+              (axes[1], (("probe_masked_d1", "probe, masked d=1", "tab:purple"),
+                         ("probe_delimiters", "probe, retained delimiters", "tab:orange")))]
+    if patched:
+        panels.append((axes[2], (("patch_twin_cache", "patched with the twin's cache", "tab:green"),)))
     for ax, measures in panels:
-        for shift, (measure, label, color) in zip((-0.15, 0.15), measures):
+        shifts = (-0.15, 0.15) if len(measures) == 2 else (0.0,)
+        for shift, (measure, label, color) in zip(shifts, measures):
             rows = frame[frame.measure == measure]
             xs = [x[p] + shift for p in rows.precision]
             ax.scatter(xs, rows.accuracy, s=12, color=color, alpha=0.6, label=label)
@@ -456,10 +464,27 @@ def plot_precision_channel(frame, path: str | Path, title: str = "") -> Path:
         ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
         ax.set_ylim(0, 1.02)
         ax.legend(frameon=False, fontsize=7)
-    used.set_ylabel("answer digit accuracy")
-    used.set_title("used: the answer reads the channel", fontsize=9)
-    present.set_ylabel("probe accuracy (budget in the CSV)")
-    present.set_title("present: a probe reads the passcode", fontsize=9)
+    axes[0].set_ylabel("answer digit accuracy")
+    axes[0].set_title("used: the answer reads the channel", fontsize=9)
+    axes[1].set_ylabel("probe accuracy (budget in the CSV)")
+    axes[1].set_title("present: a probe reads the passcode", fontsize=9)
+    if patched:
+        axes[2].set_ylabel("answer digits that are the twin's")
+        axes[2].set_title("used, causally: patching the twin's retained cache", fontsize=9)
+    if len(curves):
+        ax = axes[-1]
+        palette = dict(zip(order, sns.color_palette("tab10", len(order))))
+        for (precision, measure), rows in curves.groupby(["precision", "measure"], sort=False):
+            medians = rows.groupby("budget").accuracy.median()
+            ax.plot(medians.index, medians.values, "o-" if measure.endswith("delimiters") else "s--", ms=3, lw=1,
+                    color=palette[precision], label=f"{precision}, {measure.removeprefix('curve_')}")
+        ax.axhline(0.1, color="grey", ls="--", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("probe-training traces")
+        ax.set_ylabel("probe accuracy (median over models)")
+        ax.set_title("learning curves", fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.legend(frameon=False, fontsize=6, ncol=2)
     fig.suptitle(title, y=1.02)
     fig.tight_layout()
     return save_figure(fig, path)

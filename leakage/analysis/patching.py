@@ -38,7 +38,7 @@ from transformers import DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
-from leakage.engine.views import check_token_ids, hf_module, is_bridge, is_nnsight, vocab_size
+from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import key_hook, value_hook
 from leakage.memento.mask import additive_mask, memento_mask
 from leakage.memento.positions import part_labels, trace_positions
@@ -121,10 +121,12 @@ def _mask(ids: torch.Tensor, tokenizer, eviction: EvictionConfig, prompt_len: Se
 @torch.no_grad()
 def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int) -> KV:
     """Keys and values of positions [0, at) from one masked forward over them (`mask`: (B, T, T)), read
-    from the cache it fills (the HF module of any view: every view computes the same)."""
+    from the cache it fills (the HF module of any view: every view computes the same), on the model's device."""
     cache = DynamicCache(config=hf_module(model).config)
-    hf_module(model)(ids[:, :at], attention_mask=additive_mask(mask[:, :at, :at]), past_key_values=cache,
-                     position_ids=torch.arange(at)[None].expand(len(ids), at), use_cache=True)
+    device = input_device(model)
+    hf_module(model)(ids[:, :at].to(device), attention_mask=additive_mask(mask[:, :at, :at]).to(device),
+                     past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(ids), at),
+                     use_cache=True)
     layers = cache_layers(cache)
     return KV(torch.stack([layer.keys for layer in layers], 1), torch.stack([layer.values for layer in layers], 1))
 
@@ -162,16 +164,19 @@ def patch_run(model, tokenizer, ids, source_ids, eviction: EvictionConfig, at: i
 
 def suffix_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
     """(B, Q, V): the logits at `run.queries` of the HF module with `kv` as the cache at step `run.at` (the
-    queries from `at` on recomputed). Differentiable in `kv` (what `leakage.analysis.das` trains through);
-    `patched_logits` is the same without gradients, on any view."""
+    queries from `at` on recomputed), on the CPU beside the run's answers (`kv` on the model's device).
+    Differentiable in `kv` (what `leakage.analysis.das` trains through); `patched_logits` is the same without
+    gradients, on any view."""
     cache = DynamicCache(config=hf_module(model).config)
     for layer in range(kv.keys.shape[1]):
         cache.update(kv.keys[:, layer], kv.values[:, layer], layer)
     B, at, T = len(run.ids), run.at, run.ids.shape[1]
-    positions = torch.arange(at, T)[None].expand(B, T - at)
-    logits = model(run.ids[:, at:], past_key_values=cache, attention_mask=additive_mask(run.mask[:, at:]),
-                   position_ids=positions, use_cache=True).logits
-    return logits[:, [q - at for q in run.queries]]
+    device = input_device(model)
+    positions = torch.arange(at, T, device=device)[None].expand(B, T - at)
+    logits = model(run.ids[:, at:].to(device), past_key_values=cache,
+                   attention_mask=additive_mask(run.mask[:, at:]).to(device), position_ids=positions,
+                   use_cache=True).logits
+    return logits[:, [q - at for q in run.queries]].cpu()
 
 
 def kv_patch_hooks(kv: KV) -> list[tuple[str, Callable]]:
@@ -193,10 +198,12 @@ def kv_patch_hooks(kv: KV) -> list[tuple[str, Callable]]:
 
 
 def _suffix_bridge(bridge, run: PatchRun, kv: KV) -> torch.Tensor:
-    logits = bridge.run_with_hooks(run.ids, attention_mask=additive_mask(run.mask),
-                                   position_ids=torch.arange(run.ids.shape[1])[None].expand_as(run.ids),
+    device = input_device(bridge)
+    ids = run.ids.to(device)
+    logits = bridge.run_with_hooks(ids, attention_mask=additive_mask(run.mask).to(device),
+                                   position_ids=torch.arange(ids.shape[1], device=device)[None].expand_as(ids),
                                    fwd_hooks=kv_patch_hooks(kv))
-    return logits[:, run.queries]
+    return logits[:, run.queries].cpu()
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -209,7 +216,7 @@ def unrotate_keys(model, keys: torch.Tensor) -> torch.Tensor:
     per position: its inverse rotates by minus the angle)."""
     hf = hf_module(model)
     B, _, _, P, _ = keys.shape
-    cos, sin = hf.model.rotary_emb(keys[:, 0].transpose(1, 2), torch.arange(P)[None].expand(B, P))  # (B, P, d)
+    cos, sin = hf.model.rotary_emb(keys[:, 0].transpose(1, 2), torch.arange(P, device=keys.device)[None].expand(B, P))  # (B, P, d)
     cos, sin = cos[:, None, None], sin[:, None, None]
     return keys * cos - _rotate_half(keys) * sin
 
@@ -219,8 +226,10 @@ def _suffix_nnsight(view, run: PatchRun, kv: KV) -> torch.Tensor:
     unrotated = unrotate_keys(view, kv.keys)  # (B, L, H, at, d)
     B, L, H, _, d = kv.keys.shape
     layers = view.model.layers
-    with view.trace(run.ids, attention_mask=additive_mask(run.mask),
-                    position_ids=torch.arange(run.ids.shape[1])[None].expand_as(run.ids)):
+    device = input_device(view)
+    ids = run.ids.to(device)
+    with view.trace(ids, attention_mask=additive_mask(run.mask).to(device),
+                    position_ids=torch.arange(ids.shape[1], device=device)[None].expand_as(ids)):
         for layer in range(L):
             attn = layers[layer].self_attn
             if hasattr(hf_module(view).model.layers[layer].self_attn, "k_norm"):  # keys after QK-norm, before RoPE
@@ -229,12 +238,12 @@ def _suffix_nnsight(view, run: PatchRun, kv: KV) -> torch.Tensor:
                 attn.k_proj.output[:, :at] = unrotated[:, layer].transpose(1, 2).reshape(B, at, H * d)
             attn.v_proj.output[:, :at] = kv.values[:, layer].transpose(1, 2).reshape(B, at, H * d)
         logits = view.output.logits.save()
-    return logits[:, run.queries]
+    return logits[:, run.queries].cpu()
 
 
 @torch.no_grad()
 def patched_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
-    """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view)."""
+    """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view), on the CPU."""
     if is_bridge(model):
         return _suffix_bridge(model, run, kv)
     if is_nnsight(model):

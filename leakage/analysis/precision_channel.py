@@ -12,7 +12,13 @@ of the checkpoint that computes and stores that way:
 * present: the probe (`spec.probe`, on `probe_traces` traces; its budget is the training rows) at the
   memento of the block after the passcode's (masked d=1) and at the passcode block's retained delimiters
   (its four boundary tokens together), with the MDL online code length in bits leaked per passcode when
-  `bits` is set.
+  `bits` is set, and with `budgets` its learning curve (the same probe trained on fewer traces);
+* used, causally: activation patching on passcode twins (`leakage.analysis.twins`: the same example with
+  another passcode, memento text identical), at the step that evicts the passcode block, measured at the
+  answer digits: how often the answer follows the twin's passcode when the whole retained cache is the
+  twin's (`patch_twin_cache`: the share of answer digits, where the two passcodes differ, predicted as the
+  twin's; interval over examples), and each layer's share of that move (`patch_layer{L}`: the logit
+  difference normalised to 0 = clean, 1 = the twin's whole cache, keys and values of that layer patched).
 fp8 scales are calibrated once per precision on `calibration` task examples that neither scoring set uses
 (`leakage.training.evaluate.calibration_ids`).
 """
@@ -25,9 +31,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from leakage.analysis.patching import clean_and_corrupted, kv_patch_layer, patched_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe, mdl_codelength
 from leakage.analysis.probe_data import ProbeTrace, capture_dataset, site_name, synthetic_traces
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish
+from leakage.analysis.twins import passcode_pairs, passcode_run, result_frame
 from leakage.config import EvictionConfig
 from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.engine.precision import FP8, at_precision, precision_preset
@@ -51,6 +59,8 @@ class PrecisionSpec:
     probe_traces: traces of the probe datasets.
     probe: the probe (the paper's MLP by default).
     bits: also the MDL code length (bits leaked per passcode) of each probe.
+    budgets: probe-training trace counts of each probe's learning curve (none: the whole training part only).
+    patching: also activation patching on `n_eval` passcode twins (module docstring).
     calibration: task examples the fp8 scales are calibrated on.
     seed: seed of the examples, traces and probes.
     force: run even if the checkpoint was trained on another task.
@@ -65,6 +75,8 @@ class PrecisionSpec:
     probe_traces: int = 6_000
     probe: ProbeConfig = ProbeConfig()
     bits: bool = True
+    budgets: tuple[int, ...] = ()
+    patching: bool = True
     calibration: int = CALIBRATION_EXAMPLES
     seed: int = 0
     force: bool = False
@@ -78,6 +90,10 @@ class PrecisionSpec:
             raise ValueError("the task needs a passcode block followed by another block (masked d=1)")
         if min(self.n_eval, self.probe_traces, self.calibration) < 1:
             raise ValueError("n_eval, probe_traces and calibration must be at least 1")
+        if any(b < 1 for b in self.budgets):
+            raise ValueError(f"budgets must be positive trace counts, got {self.budgets}")
+        if self.patching and self.n_eval < 2:
+            raise ValueError("patching needs n_eval of at least 2 twin pairs")
 
 
 FILES = (".csv", ".json", ".png")
@@ -104,6 +120,7 @@ def measure(model, tokenizer, spec: PrecisionSpec, name: str, examples: list[Exa
                            [("memento", 1)] + [(part, 0) for part in DELIMITERS])
     features = {"masked_d1": data.features(site_name("memento", 1)),
                 "delimiters": torch.cat([data.features(site_name(part, 0)) for part in DELIMITERS], 1)}
+    probes = []
     for site, x in features.items():
         result = fit_probe(x, data.labels, data.groups, spec.probe, spec.seed)
         row = {**common, "measure": f"probe_{site}", **result.as_dict(), "probe_budget": result.n_train}
@@ -112,9 +129,41 @@ def measure(model, tokenizer, spec: PrecisionSpec, name: str, examples: list[Exa
             mdl = mdl_codelength(x, data.labels, data.groups, spec.probe, spec.seed)
             row.update(bits_leaked=mdl.bits_leaked, uniform_bits_per_passcode=mdl.uniform_bits / mdl.rows,
                        mdl_rows=mdl.rows)
-        rows.append(row)
+        probes.append(row)
+        for budget in spec.budgets:
+            result = fit_probe(x, data.labels, data.groups, spec.probe, spec.seed, budget)
+            curve = {**common, "measure": f"curve_{site}", "budget": budget, **result.as_dict(),
+                     "probe_budget": result.n_train}
+            curve.pop("per_digit")
+            probes.append(curve)
+    rows += probes
+    patched = patching_rows(run_model, tokenizer, spec) if spec.patching else []
+    rows += [{**common, **row} for row in patched]
     log(f"  {name}: answer memento {scored['memento'].value:.3f}, restart {scored['restart'].value:.3f}; "
-        f"probe masked d=1 {rows[-2]['accuracy']:.3f}" + (f" ({rows[-2]['bits_leaked']:.2f} bits)" if spec.bits else ""))
+        f"probe masked d=1 {probes[0]['accuracy']:.3f}" + (f" ({probes[0]['bits_leaked']:.2f} bits)" if spec.bits else "")
+        + (f"; answer follows the twin's cache {patched[0]['accuracy']:.3f}" if patched else ""))
+    return rows
+
+
+def patching_rows(model, tokenizer, spec: PrecisionSpec) -> list[dict]:
+    """Rows `patch_twin_cache` (the answer digits that follow the twin's passcode under its whole retained
+    cache) and `patch_layer{L}` (layer L's normalised logit-difference effect) on `spec.n_eval` twin pairs
+    (module docstring); every interval a bootstrap over the pairs."""
+    examples, twins, digits = passcode_pairs(spec.task, tokenizer, spec.n_eval, spec.seed)
+    run = passcode_run(model, tokenizer, examples, twins, digits, spec.eviction)
+    differ = run.answer[..., 0] != run.answer[..., 1]  # (B, Q): the digits where the passcodes differ
+    follows = (patched_logits(model, run, run.source).argmax(-1) == run.answer[..., 1])[differ].numpy()
+    example = torch.arange(len(examples))[:, None].expand_as(differ)[differ].numpy()
+    low, high = cluster_bootstrap_mean(follows.astype(float), example, 2000, spec.seed)
+    rows = [{"measure": "patch_twin_cache", "accuracy": float(follows.mean()), "ci95_low": low, "ci95_high": high,
+             "total": int(differ.sum()), "interval": f"cluster bootstrap over {len(examples)} twin pairs"}]
+    clean, corrupted = clean_and_corrupted(model, run)
+    layers = result_frame(kv_patch_layer(model, run, which="both"), "patch_layer", "twin", clean, corrupted,
+                          bootstrap=1000, seed=spec.seed)
+    for layer in layers.itertuples():
+        rows.append({"measure": f"patch_layer{layer.layer}", "layer": int(layer.layer), "effect": layer.effect,
+                     "ci95_low": layer.effect_low, "ci95_high": layer.effect_high,
+                     "interval": f"bootstrap over {len(examples)} twin pairs"})
     return rows
 
 

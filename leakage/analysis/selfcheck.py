@@ -33,7 +33,7 @@ from leakage.engine.decode import teacher_force
 from leakage.engine.model import build_model, load_checkpoint
 from leakage.engine.precision import (FP8, INT_BITS, Precision, at_precision, kv_storage, precision_preset,
                                       with_precision)
-from leakage.engine.views import to_bridge, to_nnsight
+from leakage.engine.views import input_device, to_bridge, to_nnsight
 from leakage.memento.mask import additive_mask, memento_mask
 from leakage.memento.positions import BLOCK_PARTS
 from leakage.training.tasks import TaskConfig
@@ -53,6 +53,7 @@ class SelfcheckSpec:
     checkpoint: local HF checkpoint directory (none: a fresh model of model_preset).
     model_preset: the preset of the fresh model.
     precision: precision preset (`leakage.engine.precision.PRECISION_PRESETS`).
+    device: where the model computes ("cpu", "cuda", "cuda:1", ...; every check's inputs follow it).
     n_traces: synthetic passcode traces checked.
     seed: seed of the fresh model and the traces.
     """
@@ -60,11 +61,13 @@ class SelfcheckSpec:
     checkpoint: str | None = None
     model_preset: str = "tiny"
     precision: str = "float32"
+    device: str = "cpu"
     n_traces: int = 3
     seed: int = 0
 
     def __post_init__(self):
         precision_preset(self.precision)
+        torch.device(self.device)  # raises naming a malformed device string
         if self.n_traces < 1:
             raise ValueError(f"n_traces must be at least 1, got {self.n_traces}")
 
@@ -93,6 +96,8 @@ def selfcheck(spec: SelfcheckSpec) -> list[dict]:
     """Every check of the module docstring, one row each: check, case, max_abs_difference, tolerance, passed."""
     model, tokenizer = (load_checkpoint(spec.checkpoint) if spec.checkpoint
                         else build_model(spec.model_preset, seed=spec.seed))
+    model = model.to(spec.device)
+    device = input_device(model)
     precision = precision_preset(spec.precision)
     task = TaskConfig(task="passcode", n_blocks=3, passcode_block=1)
     traces = synthetic_traces(task, tokenizer, spec.n_traces, seed=spec.seed)
@@ -102,7 +107,7 @@ def selfcheck(spec: SelfcheckSpec) -> list[dict]:
 
     def masked(m, ids, eviction):
         mask = additive_mask(memento_mask(ids, tokenizer, eviction=eviction)).to(precision.dtype)
-        return m(torch.tensor([ids]), attention_mask=mask).logits[0].float()
+        return m(torch.tensor([ids], device=device), attention_mask=mask.to(device)).logits[0].float().cpu()
 
     reference = {}  # (ids, eviction) -> the float32 model's masked logits, computed once
 
@@ -117,10 +122,11 @@ def selfcheck(spec: SelfcheckSpec) -> list[dict]:
     for b, ids in enumerate(rows_ids):
         eviction = EVICTIONS["memento"]
         hf = masked(computed, ids, eviction)
-        mask = additive_mask(memento_mask(ids, tokenizer, eviction=eviction)).to(precision.dtype)
-        with view.trace(torch.tensor([ids]), attention_mask=mask):
+        mask = additive_mask(memento_mask(ids, tokenizer, eviction=eviction)).to(precision.dtype).to(device)
+        with view.trace(torch.tensor([ids], device=device), attention_mask=mask):
             through_nnsight = view.output.logits.save()
-        through_bridge = bridge(torch.tensor([ids]), attention_mask=mask)
+        through_nnsight = through_nnsight.cpu()
+        through_bridge = bridge(torch.tensor([ids], device=device), attention_mask=mask).cpu()
         tolerance = max(LOGIT_ATOL, moved(computed, ids, eviction))
         out.append(_row("views", f"HF vs bridge, trace {b}", float((hf - through_bridge[0].float()).abs().max()),
                         tolerance))

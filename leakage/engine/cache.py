@@ -66,7 +66,7 @@ def compact(cache, table: SlotTable, drop: torch.Tensor) -> None:
     order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :new_len]  # (B, S')
     for layer in cache_layers(cache):
         B, H, _, D = layer.keys.shape
-        index = order[:, None, :, None].expand(B, H, new_len, D)
+        index = order[:, None, :, None].expand(B, H, new_len, D).to(layer.keys.device)
         layer.keys = layer.keys.gather(2, index)
         layer.values = layer.values.gather(2, index)
     table.valid = torch.arange(new_len)[None, :] < lengths[:, None]
@@ -125,13 +125,15 @@ class LogicalKV:
 
     def __getitem__(self, key) -> torch.Tensor:
         row, head, slots, scalar = self._index(key)
-        out = self._tensor()[row][head][..., slots, :]  # (..., P, d_head)
+        tensor = self._tensor()
+        out = tensor[row][head][..., slots.to(tensor.device), :]  # (..., P, d_head)
         return out[..., 0, :] if scalar else out
 
     def __setitem__(self, key, value: torch.Tensor) -> None:
         row, head, slots, scalar = self._index(key)
         target = self._tensor()[row][head]  # a view: writing into it writes the cache
-        target[..., slots, :] = value.unsqueeze(-2) if scalar else value
+        value = value.to(target.device)
+        target[..., slots.to(target.device), :] = value.unsqueeze(-2) if scalar else value
 
 
 class LiveCache:

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
-from leakage.engine.views import check_token_ids, hf_module, is_bridge, is_nnsight, vocab_size
+from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import attn_pattern_hook, resid_pre_hook
 from leakage.engine.precision import kv_storage
 from leakage.memento.mask import additive_mask, memento_mask
@@ -117,9 +117,8 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
             at a position depends on later ones); `logits` then cover that prefix only.
         all_logits: False: `logits` of the last position only (HF module view), for callers that read keys
             and values alone.
-    Inputs are built on the CPU and moved to the device of the model's first parameters (with
-    `device_map="auto"`, accelerate's hooks move activations between devices); captured tensors stay on
-    the device they were computed on.
+    Inputs are built on the CPU and moved to the model's input device (`leakage.engine.views.input_device`);
+    captured tensors stay on the device they were computed on.
     Raises `KeyError` naming the row and site when a row lacks a site.
     """
     unknown = set(at) - set(ACTIVATIONS)
@@ -146,7 +145,7 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
     if prefix_only:
         T = 1 + max([int(w.max()) for w in where.values() if w.numel()] + [0])
         ids, mask = ids[:, :T], mask[..., :T, :T]
-    device = next(hf_module(model).parameters()).device  # inputs go where the model (its first layer) is
+    device = input_device(model)
     ids, mask = ids.to(device), mask.to(device)
     position_ids = torch.arange(T, device=device)[None].expand(B, T)
     cache = DynamicCache(config=hf_module(model).config)

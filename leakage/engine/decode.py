@@ -39,7 +39,7 @@ import torch
 from transformers import DynamicCache
 
 from leakage.engine.cache import LiveCache, SlotTable, attention_mask, compact
-from leakage.engine.views import check_token_ids, hf_module, step_forward, vocab_size
+from leakage.engine.views import check_token_ids, hf_module, input_device, step_forward, vocab_size
 from leakage.config import EvictionConfig
 from leakage.memento.kv import KVTrace
 from leakage.memento.mask import real_bounds
@@ -147,6 +147,8 @@ class Decoder:
     `prefill()` encodes the prompts; each `step(tokens)` feeds one token per row (None: idle),
     applying the evictions and restart recomputations the schedule attaches to those tokens.
     `finish(row, token)` ends a row. `cache` is the live cache by logical position.
+    The cache lives on the model's device (`input_device`: each forward's inputs are moved there); the slot
+    table, the masks' bookkeeping and the logits a step returns stay on the CPU.
     """
 
     def __init__(self, model, tokenizer, eviction: EvictionConfig, prompts: list[list[int]],
@@ -160,6 +162,7 @@ class Decoder:
         self.markers = as_marker_ids(tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.forward = step_forward(model, intervention)
+        self.device = input_device(model)
         self.vocab_size = vocab_size(model)
         self.kv = DynamicCache(config=hf_module(model).config)
         self.rows = [_Row(ids=list(p), prompt_len=len(p),
@@ -205,8 +208,8 @@ class Decoder:
             new_valid[b, :len(t)] = True
         mask = attention_mask(self.table, new_valid, hidden)
         self.cache_slots.append(self.table.n_slots + q)
-        with torch.no_grad():
-            logits = self.forward(ids, self.kv, mask, pos)
+        with torch.no_grad():  # the slot table stays on the CPU; the cache lives where the model computes
+            logits = self.forward(ids.to(self.device), self.kv, mask.to(self.device), pos.to(self.device)).cpu()
         self.table.append(new_valid, pos)
         return logits
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -34,6 +35,8 @@ from leakage.seeding import seeded
 PAD, UNK, EOS = "<pad>", "<unk>", "<|endoftext|>"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 """Files one of which an HF tokenizer directory holds."""
+DEVICE_MAP_VARIABLE = "LEAKAGE_DEVICE_MAP"
+"""The environment variable naming the default `device_map` of `load_model` (unset: the CPU)."""
 
 
 
@@ -159,11 +162,15 @@ def save_model(model, tokenizer, path: str | Path, record: dict | None = None) -
     return path
 
 
-def load_model(path: str | Path, add_tokens: bool = True, seed: int = 0):
+def load_model(path: str | Path, add_tokens: bool = True, seed: int = 0, device_map: str | dict | None = None):
     """Load a local HF checkpoint directory (model + tokenizer), float32, eval mode, never downloading.
 
     With `add_tokens=True`, Memento markers missing from the checkpoint are added (see
     `add_memento_tokens`), so any causal LM checkpoint can be used the same way.
+    `device_map`: where the weights go, as HF's `from_pretrained` takes it ("cpu", "cuda", "auto": spread over
+    every GPU, then the CPU); default `$LEAKAGE_DEVICE_MAP` (`DEVICE_MAP_VARIABLE`), else the CPU. Every
+    analysis moves its inputs to the model's input device (`leakage.engine.views.input_device`), so
+    `LEAKAGE_DEVICE_MAP=auto leakage probe ...` runs a runner on the GPUs unchanged.
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -174,7 +181,8 @@ def load_model(path: str | Path, add_tokens: bool = True, seed: int = 0):
     check_weight_files(path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
-                                                 attn_implementation="eager")
+                                                 attn_implementation="eager",
+                                                 device_map=device_map or os.environ.get(DEVICE_MAP_VARIABLE) or None)
     for name, tensor in model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ValueError(f"{path}: weight {name} holds {int((~torch.isfinite(tensor)).sum())} NaN or infinite "
@@ -232,12 +240,12 @@ class FormatWarning(UserWarning):
     """A checkpoint that was never trained on the Memento format: its scores are not a trained model's."""
 
 
-def load_checkpoint(path: str | Path):
-    """`load_model` for an analysis: a checkpoint missing the Memento markers gets them (fresh embeddings)
-    and a `FormatWarning` naming it, so that its scores are not mistaken for a trained model's."""
+def load_checkpoint(path: str | Path, device_map: str | dict | None = None):
+    """`load_model` for an analysis (`device_map` as there): a checkpoint missing the Memento markers gets them
+    (fresh embeddings) and a `FormatWarning` naming it, so that its scores are not mistaken for a trained model's."""
     from leakage.engine.views import architecture_name
 
-    model, tokenizer = load_model(path, add_tokens=False)
+    model, tokenizer = load_model(path, add_tokens=False, device_map=device_map)
     missing = missing_memento_tokens(tokenizer)
     if missing:
         add_memento_tokens(model, tokenizer)

@@ -44,7 +44,7 @@ from transformers import AttentionInterface, DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.engine.model import load_checkpoint
-from leakage.engine.views import check_token_ids, hf_module, is_bridge, is_nnsight, vocab_size
+from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 
 COMPUTE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FP8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -192,7 +192,7 @@ def calibrate(model, calibration_ids: Sequence[Sequence[int]], precision: Precis
     amax: list[list[torch.Tensor]] | None = None
     for ids in calibration_ids:
         cache = DynamicCache(config=module.config)
-        module(torch.tensor([list(ids)]), past_key_values=cache, use_cache=True)
+        module(torch.tensor([list(ids)], device=input_device(module)), past_key_values=cache, use_cache=True)
         seen = [[layer.keys.float().abs().amax(reduce), layer.values.float().abs().amax(reduce)]
                 for layer in cache_layers(cache)]
         amax = seen if amax is None else [[torch.maximum(a, b) for a, b in zip(old, new)] for old, new in zip(amax, seen)]

@@ -40,7 +40,7 @@ from transformers import DynamicCache
 
 from leakage.config import EvictionConfig
 from leakage.engine.cache import SlotTable, attention_mask, cache_layers
-from leakage.engine.views import hf_module
+from leakage.engine.views import hf_module, input_device
 from leakage.memento.schedule import eviction_schedule
 from leakage.memento.mask import still_cached
 from leakage.memento.spans import TraceSpans
@@ -189,7 +189,7 @@ def press_forward(model, ids: torch.Tensor, moments: Sequence[PressMoment], pres
     `moments` (module docstring); physical eviction per layer and KV head."""
     hf = hf_module(model)
     B, T = ids.shape
-    device = next(hf.parameters()).device
+    device = input_device(model)
     ids = ids.to(device)
     modules = attention_modules(model)
     cache = DynamicCache(config=hf.config)
@@ -269,7 +269,7 @@ def masked_forward(model, ids: torch.Tensor, layer_masks: Sequence[torch.Tensor]
     modules = attention_modules(model)
     if len(layer_masks) != len(modules):
         raise ValueError(f"{len(layer_masks)} masks for {len(modules)} layers")
-    device = next(hf.parameters()).device
+    device = input_device(model)
     additive = [torch.zeros(m.shape, dtype=hf.dtype, device=device).masked_fill(~m.to(device), torch.finfo(hf.dtype).min)
                 for m in layer_masks]
 

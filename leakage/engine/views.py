@@ -5,8 +5,8 @@ weight through one view is seen by the others, and a memento mask passed as `att
 the same thing in all three. Heavy imports happen inside the functions.
 
 Every question of the form "which view is this, and how do I run it?" is answered here: `is_bridge`,
-`is_nnsight`, `hf_module` (the HF module under any view), `vocab_size`, `check_token_ids`, and
-`step_forward` (one decode-step forward for any view). Code elsewhere asks these functions and never
+`is_nnsight`, `hf_module` (the HF module under any view), `vocab_size`, `check_token_ids`, `input_device`
+(where a forward's inputs go) and `step_forward` (one decode-step forward for any view). Code elsewhere asks these functions and never
 inspects a view's type itself.
 """
 
@@ -56,6 +56,13 @@ def step_forward(model, intervention: Callable | None = None) -> Forward:
                                                          position_ids=positions, use_cache=True)
     return lambda ids, cache, mask, positions: model(ids, past_key_values=cache, attention_mask=mask,
                                                      position_ids=positions, use_cache=True).logits
+
+
+def input_device(model) -> torch.device:
+    """Where a forward's inputs go: the device of the model's input embeddings. For a model on one device that is
+    its device; under `device_map="auto"` it is the first layers' device, and accelerate's hooks move the
+    activations between devices from there."""
+    return hf_module(model).get_input_embeddings().weight.device
 
 
 def vocab_size(model) -> int:

@@ -72,3 +72,40 @@ def test_load_refuses_a_non_checkpoint(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_device_map_places_the_weights_and_every_input_follows(tiny, tmp_path, monkeypatch):
+    """`device_map` (argument, or `$LEAKAGE_DEVICE_MAP`) reaches `from_pretrained`: "cpu" loads the same weights
+    (the only device on the CI machine), and a device that does not exist is refused by name instead of
+    silently loading on the CPU; `input_device` is where the inputs of every view go."""
+    import pytest
+
+    import leakage.engine.model as module
+    from leakage.engine.views import input_device, to_bridge, to_nnsight
+
+    model, tokenizer = tiny
+    path = save_model(model, tokenizer, tmp_path / "ckpt")
+    asked, real = [], module.AutoModelForCausalLM.from_pretrained
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("device_map"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module.AutoModelForCausalLM, "from_pretrained", spy)
+    for device_map, variable in (("cpu", None), (None, "cpu")):
+        if variable is None:
+            monkeypatch.delenv(module.DEVICE_MAP_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(module.DEVICE_MAP_VARIABLE, variable)
+        loaded, _ = load_model(path, device_map=device_map)
+        assert asked[-1] == "cpu"
+        for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), name
+        assert {input_device(view) for view in (loaded, to_nnsight(loaded))} == {torch.device("cpu")}
+    monkeypatch.setenv(module.DEVICE_MAP_VARIABLE, "no-such-device")
+    with pytest.raises((ValueError, RuntimeError), match="no-such-device"):
+        load_model(path)
+    monkeypatch.delenv(module.DEVICE_MAP_VARIABLE)
+    load_model(path)
+    assert asked[-1] is None  # unset: HF's default, the CPU, as before
+    assert input_device(to_bridge(model)) == torch.device("cpu")

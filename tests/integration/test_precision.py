@@ -165,12 +165,15 @@ def test_the_precision_runner_scores_used_and_present_at_each_precision(checkpoi
 
     spec = PrecisionSpec(checkpoint, TaskConfig(task="passcode", n_blocks=3, passcode_block=1),
                          precisions=("float32", "kv_fp8_head"), n_eval=6, probe_traces=80, probe=PROBE_PRESETS["smoke"],
-                         calibration=3)
+                         calibration=3, budgets=(20, 40))
     record = run(spec, tmp_path / "precision")
     rows = record.rows
     assert all((tmp_path / f"precision{suffix}").exists() for suffix in FILES)
     assert list(rows.precision.unique()) == ["float32", "kv_fp8_head"]
-    measures = ["answer_memento", "answer_restart", "restart_drop", "probe_masked_d1", "probe_delimiters"]
+    n_layers = MODELS["tiny"][0].config.num_hidden_layers
+    measures = ["answer_memento", "answer_restart", "restart_drop", "probe_masked_d1", "curve_masked_d1",
+                "curve_masked_d1", "probe_delimiters", "curve_delimiters", "curve_delimiters", "patch_twin_cache",
+                *[f"patch_layer{layer}" for layer in range(n_layers)]]
     for name in ("float32", "kv_fp8_head"):
         mine = rows[rows.precision == name].set_index("measure")
         assert list(mine.index) == measures
@@ -180,8 +183,34 @@ def test_the_precision_runner_scores_used_and_present_at_each_precision(checkpoi
         assert mine.loc["answer_memento", "total"] == 6 * 5  # five answer digits per example
         assert mine.loc["probe_masked_d1", "probe_budget"] == mine.loc["probe_masked_d1", "n_train"] > 0
         assert np.isfinite(mine.loc["probe_delimiters", "bits_leaked"])
+        curve = mine.loc["curve_masked_d1"]  # the budget is what trains and early-stops: the rest of the split
+        assert list(curve.budget) == [20, 40] and list(curve.n_train + curve.n_early_stop) == [20, 40]
+        assert (curve.n_val == mine.loc["probe_masked_d1", "n_val"]).all()  # the same validation part
+        twin = mine.loc["patch_twin_cache"]  # the first digit always differs: at least one unit per pair
+        assert 6 <= twin.total <= 6 * 5 and twin.ci95_low <= twin.accuracy <= twin.ci95_high
+        layers = mine.loc[[f"patch_layer{layer}" for layer in range(n_layers)]]
+        assert list(layers.layer) == list(range(n_layers)) and layers.effect.notna().all()
     assert rows[rows.precision == "kv_fp8_head"].kv.iloc[0] == "fp8_e4m3"
     assert run(spec).rows.drop(columns="command", errors="ignore").equals(rows.drop(columns="command", errors="ignore"))
+
+
+def test_the_twin_cache_measure_counts_the_twins_digits(checkpoint):
+    """`patch_twin_cache` is the share of the answer digits where the passcodes differ whose prediction under the
+    twin's whole retained cache is the twin's digit: recomputed here from the patched logits."""
+    from leakage.analysis.patching import patched_logits
+    from leakage.analysis.precision_channel import PrecisionSpec, patching_rows
+    from leakage.analysis.twins import passcode_pairs, passcode_run
+    from leakage.engine.model import load_checkpoint
+
+    model, tokenizer = load_checkpoint(checkpoint)
+    spec = PrecisionSpec(checkpoint, TaskConfig(task="passcode", n_blocks=3, passcode_block=1), n_eval=8)
+    [twin, *_] = patching_rows(model, tokenizer, spec)
+    examples, twins, digits = passcode_pairs(spec.task, tokenizer, spec.n_eval, spec.seed)
+    run = passcode_run(model, tokenizer, examples, twins, digits, spec.eviction)
+    differ = run.answer[..., 0] != run.answer[..., 1]
+    follows = patched_logits(model, run, run.source).argmax(-1) == run.answer[..., 1]
+    assert twin["accuracy"] == pytest.approx(float(follows[differ].float().mean()))
+    assert twin["total"] == int(differ.sum()) and differ[:, 0].all()  # the first digit always differs
 
 
 def test_selfcheck_passes_at_every_precision_and_fails_a_decoder_that_does_not_evict(capsys, monkeypatch):
@@ -189,9 +218,11 @@ def test_selfcheck_passes_at_every_precision_and_fails_a_decoder_that_does_not_e
     from leakage.cli import main
 
     for preset in ("float32", "bf16_kv_fp8", "kv_int4"):
-        assert main(["selfcheck", "--precision", preset, "--n-traces", "2"]) == 0, preset
+        assert main(["selfcheck", "--precision", preset, "--n-traces", "2", "--device", "cpu"]) == 0, preset
         shown = capsys.readouterr().out
-        assert "checks passed at " + preset in shown and "views" in shown and "patch" in shown
+        assert f"checks passed at {preset} on cpu" in shown and "views" in shown and "patch" in shown
+    with pytest.raises(RuntimeError, match="not-a-device"):
+        module.SelfcheckSpec(device="not-a-device")
     rows = module.selfcheck(module.SelfcheckSpec(precision="kv_fp8", n_traces=2))
     assert {r["check"] for r in rows} == {"views", "decode", "capture", "patch"} and all(r["passed"] for r in rows)
 

@@ -175,3 +175,40 @@ def test_whitening_with_more_features_than_rows_takes_the_same_components_from_t
     variance, vectors = torch.linalg.eigh(centred.T @ centred / 29)
     expected = (vectors[:, -8:] / variance[-8:].sqrt()).float()
     assert torch.allclose(projection.abs(), expected.abs(), atol=1e-4)  # the same components, up to sign
+
+
+def test_a_repeated_decomposition_is_reused_and_equals_a_fresh_one(monkeypatch):
+    """The probes of one run that fit the same rows share one eigendecomposition (the leak spectrum, a task and
+    its controls): the same content gives the same tensors, any change in the rows a new decomposition; a
+    cache keyed by shape alone (the broken variant) would hand the changed rows the old one."""
+    from collections import OrderedDict
+
+    import leakage.analysis.probe as probe
+
+    monkeypatch.setattr(probe, "_COMPONENTS", OrderedDict())
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(400, 6, generator=g) @ torch.randn(6, 30, generator=g)
+    cutoff = 10 * torch.finfo(torch.float32).eps
+    first = whitening(x, cutoff)
+    assert probe.principal_components(x.clone()) is probe.principal_components(x)  # by content, not identity
+    changed = x.clone()
+    changed[0, 0] += 1e-3
+    assert not torch.equal(whitening(changed, cutoff)[0], first[0])
+    monkeypatch.setattr(probe, "_COMPONENTS", OrderedDict())  # recomputed from nothing: the same numbers
+    assert all(torch.equal(a, b) for a, b in zip(whitening(x, cutoff), first))
+    for i in range(probe.COMPONENTS_KEPT + 1):  # at most COMPONENTS_KEPT kept, the oldest dropped first
+        probe.principal_components(x + i)
+    assert len(probe._COMPONENTS) == probe.COMPONENTS_KEPT
+
+
+def test_a_bfloat16_probe_reads_the_low_variance_signal_the_float32_probe_reads():
+    """Whitening runs in float32 before the network, so products in bfloat16 see every direction at unit scale:
+    the low-variance leak of `kv_like` is read to the same Bayes allowance, and noise stays at chance."""
+    labels, groups = passcodes()
+    config = replace(FAST, kind="mlp", matmul_dtype="bfloat16")
+    found = fit_probe(kv_like(labels), labels, groups, config=config)
+    assert learns(found.accuracy, bayes_rate(0.3), units(found, groups))
+    noise = fit_probe(torch.randn(N, 64, generator=torch.Generator().manual_seed(1)), labels, groups, config=config)
+    assert probe_reads_at_chance(noise, groups, D)[0]
+    with pytest.raises(ValueError, match="matmul_dtype"):
+        ProbeConfig(matmul_dtype="float8")
