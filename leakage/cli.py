@@ -286,9 +286,10 @@ def _show_audit(record) -> None:
 
 
 def _show_table(columns: list[str], select: Callable | None = None):
+    """A printer of a record's rows (those `select` picks): `columns`, those of them the rows have."""
     def show(record) -> None:
         frame = record.rows if select is None else record.rows[select(record.rows)]
-        print(frame[columns].to_string(index=False, float_format="%.3f"))
+        print(frame[[c for c in columns if c in frame]].to_string(index=False, float_format="%.3f"))
     return show
 
 
@@ -356,8 +357,9 @@ ANALYSES: dict[str, Analysis] = {
                         ("task.short_block_rate", "task.passcode_blocks", "eviction.restart",
                          "eviction.max_block_tokens"), _BLOCKS, progress=True),
     "precision": Analysis("precision_channel", "PrecisionSpec", "the passcode channel at each compute / stored-KV "
-                          "precision: answer under memento and restart, probes and bits",
-                          _show_table(["precision", "measure", "accuracy", "ci95_low", "ci95_high", "points"]),
+                          "precision: answer under memento and restart, probes and bits, patching on twins",
+                          _show_table(["precision", "measure", "budget", "accuracy", "effect", "ci95_low", "ci95_high",
+                                       "points"]),
                           _TASK_NO_CURRICULUM + ("task.passcode_blocks", "eviction.restart",
                                                  "eviction.max_block_tokens"), _BLOCKS),
     "capacity": Analysis("capacity", "CapacitySpec", "the channel's capacity against distance: answer accuracy and "
