@@ -54,7 +54,7 @@ from scipy.linalg import subspace_angles
 from torch import nn
 
 from leakage.analysis.erasure import leace_eraser, leaked_positions, one_hot_digits
-from leakage.analysis.patching import KV, PatchRun, answer_correct, patched_logits, suffix_logits
+from leakage.analysis.patching import KV, PatchRun, answer_correct, patched_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
 from leakage.analysis.ablation import restart
@@ -200,7 +200,7 @@ def fit_subspace(logits_of: LogitsOf, run: PatchRun, cell: Cell, k: int, config:
     the source's digits (cross-entropy at every answer query, `config.steps` Adam steps on batches of
     `config.batch_size` pairs drawn epoch by epoch with `seed`)."""
     base, source = site_features(run.target, cell), site_features(run.source, cell)
-    subspace = RotatedSubspace(base.shape[1], k, seed)
+    subspace = RotatedSubspace(base.shape[1], k, seed).to(base.device)  # initialised on the CPU: any device, one draw
     optimiser = torch.optim.Adam(subspace.parameters(), lr=config.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     order: list[torch.Tensor] = []
@@ -261,9 +261,9 @@ def _score(values: torch.Tensor, bootstrap: int, seed: int, **row) -> dict:
 
 
 def model_logits(model) -> LogitsOf:
-    """The `LogitsOf` of a model: `patching.suffix_logits` (gradients flow to the cache only when the
-    model is `frozen`)."""
-    return lambda run, kv: suffix_logits(model, run, kv)
+    """The `LogitsOf` of a model: `patching.patched_logits`, in batches the memory budget holds (on the HF module:
+    `suffix_logits`, whose gradients flow to the cache; to the cache only when the model is `frozen`)."""
+    return lambda run, kv: patched_logits(model, run, kv)
 
 
 @dataclass
@@ -415,7 +415,7 @@ def placebos(model, tokenizer, spec: CausalSpec, run: PatchRun, examples, cell: 
     shuffled = placebo_cell(run, examples[0], cell, np.random.default_rng(seed))
     rows = []
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(base.shape, generator=generator, dtype=base.dtype)
+    noise = torch.randn(base.shape, generator=generator, dtype=base.dtype).to(base.device)
     noise = noise * delta.norm(dim=1, keepdim=True) / noise.norm(dim=1, keepdim=True)
     unrelated = run.with_source(unrelated_sources(model, tokenizer, spec, examples))
     cases = [("clean", run, cell, base), ("interchange", run, cell, base + delta),
@@ -468,9 +468,9 @@ def angles(run: PatchRun, examples, cell: Cell, subspace: RotatedSubspace, n_ran
     training pairs' targets: the k leading left singular directions of a linear probe's weights mapped back
     to feature space, and the LEACE subspace; beside the same angles for `n_random` random k-dimensional
     subspaces (their 5th, 50th and 95th percentiles)."""
-    das = subspace.basis.detach().double().numpy()
+    das = subspace.basis.detach().double().cpu().numpy()
     k = das.shape[1]
-    x = site_features(run.target, cell).double()
+    x = site_features(run.target, cell).double().cpu()
     labels = torch.tensor([e.passcode_digits for e in examples])
     groups = np.array([e.passcode for e in examples])
     probe = fit_probe(x.float(), labels, groups, ProbeConfig(kind="linear"), seed).probe

@@ -160,7 +160,7 @@ def fit_replacement(logits_of: das.LogitsOf, sums: PatchRun, twins: PatchRun, po
                            (sums.subset(torch.arange(i, min(i + chunk, len(sums.ids))))
                             for i in range(0, len(sums.ids), chunk))])
     means = [kv_features(twins.target, layer, positions).mean(0) for layer in range(twins.target.keys.shape[1])]
-    replacement = Replacement(means, positions)
+    replacement = Replacement(means, positions).to(means[0].device)
     optimiser = torch.optim.Adam(replacement.parameters(), lr=config.replacement_learning_rate)
     generator = torch.Generator().manual_seed(seed)
     order: list[torch.Tensor] = []

@@ -43,8 +43,8 @@ def set_features(kv: KV, layer: int, positions: list[int], features: torch.Tenso
     """Write `features` (B, F, laid out as `kv_features`) back into `kv` at `layer` and `positions`, in place."""
     B, _, H, _, d = kv.keys.shape
     half = features.shape[1] // 2
-    kv.keys[:, layer][:, :, positions] = features[:, :half].reshape(B, H, len(positions), d).to(kv.keys.dtype)
-    kv.values[:, layer][:, :, positions] = features[:, half:].reshape(B, H, len(positions), d).to(kv.values.dtype)
+    kv.keys[:, layer][:, :, positions] = features[:, :half].reshape(B, H, len(positions), d).to(kv.keys)
+    kv.values[:, layer][:, :, positions] = features[:, half:].reshape(B, H, len(positions), d).to(kv.values)
 
 
 def one_hot_digits(examples: list[Example]) -> torch.Tensor:
@@ -74,7 +74,7 @@ def leace_eraser(x: torch.Tensor, z: torch.Tensor) -> Eraser:
     with 1e-4..1e-12 of the top variance, which float32 or a shrunk covariance would not resolve."""
     from concept_erasure import LeaceFitter
 
-    eraser = LeaceFitter.fit(x, z, shrinkage=False).eraser
+    eraser = LeaceFitter.fit(x, z.to(x), shrinkage=False).eraser  # on x's device (the model's)
     return Eraser(eraser.proj_left, eraser.proj_right, eraser.bias)
 
 
@@ -82,7 +82,7 @@ def random_eraser(x: torch.Tensor, rank: int, seed: int) -> Eraser:
     """The control: orthogonal projection off a random subspace of the same rank (centred like LEACE)."""
     generator = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(x.shape[1], max(rank, 1), generator=generator, dtype=torch.float64))
-    basis = basis[:, :rank]
+    basis = basis[:, :rank].to(x.device)
     return Eraser(basis, basis.T, x.mean(0))
 
 

@@ -38,6 +38,7 @@ from transformers import DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
+from leakage.engine.memory import MEMORY_MB, rows_per_batch
 from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import key_hook, value_hook
 from leakage.memento.mask import additive_mask, memento_mask
@@ -119,16 +120,27 @@ def _mask(ids: torch.Tensor, tokenizer, eviction: EvictionConfig, prompt_len: Se
 
 
 @torch.no_grad()
-def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int) -> KV:
-    """Keys and values of positions [0, at) from one masked forward over them (`mask`: (B, T, T)), read
-    from the cache it fills (the HF module of any view: every view computes the same), on the model's device."""
-    cache = DynamicCache(config=hf_module(model).config)
-    device = input_device(model)
-    hf_module(model)(ids[:, :at].to(device), attention_mask=additive_mask(mask[:, :at, :at]).to(device),
-                     past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(ids), at),
-                     use_cache=True)
-    layers = cache_layers(cache)
-    return KV(torch.stack([layer.keys for layer in layers], 1), torch.stack([layer.values for layer in layers], 1))
+def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: int = MEMORY_MB) -> KV:
+    """Keys and values of positions [0, at) from masked forwards over them (`mask`: (B, T, T)), read from the
+    cache they fill (the HF module of any view: every view computes the same), on the model's device; as many
+    rows a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
+    hf, device = hf_module(model), input_device(model)
+    parts = []
+    for rows in _row_chunks(model, len(ids), at, memory_mb):
+        cache = DynamicCache(config=hf.config)
+        hf(ids[rows, :at].to(device), attention_mask=additive_mask(mask[rows, :at, :at]).to(device),
+           past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(rows), at),
+           use_cache=True)
+        layers = cache_layers(cache)
+        parts.append(KV(torch.stack([layer.keys for layer in layers], 1),
+                        torch.stack([layer.values for layer in layers], 1)))
+    return parts[0] if len(parts) == 1 else KV(torch.cat([p.keys for p in parts]), torch.cat([p.values for p in parts]))
+
+
+def _row_chunks(model, n_rows: int, length: int, memory_mb: int) -> list[torch.Tensor]:
+    """Row indices of consecutive batches of a forward over `length` positions within `memory_mb`."""
+    size = rows_per_batch(model, length, memory_mb, most=max(1, n_rows))
+    return [torch.arange(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
 @torch.no_grad()
@@ -242,13 +254,14 @@ def _suffix_nnsight(view, run: PatchRun, kv: KV) -> torch.Tensor:
 
 
 @torch.no_grad()
-def patched_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
-    """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view), on the CPU."""
-    if is_bridge(model):
-        return _suffix_bridge(model, run, kv)
-    if is_nnsight(model):
-        return _suffix_nnsight(model, run, kv)
-    return suffix_logits(model, run, kv)
+def patched_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> torch.Tensor:
+    """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view), on the CPU;
+    as many examples a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
+    forward = _suffix_bridge if is_bridge(model) else _suffix_nnsight if is_nnsight(model) else suffix_logits
+    chunks = _row_chunks(model, len(run.ids), run.ids.shape[1], memory_mb)
+    if len(chunks) == 1:
+        return forward(model, run, kv)
+    return torch.cat([forward(model, run.subset(rows), KV(kv.keys[rows], kv.values[rows])) for rows in chunks])
 
 
 # -- metrics --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ import torch
 
 from leakage import shards
 from leakage.engine.capture import capture
-from leakage.engine.views import hf_module
+from leakage.engine.memory import MEMORY_MB, rows_per_batch
 from leakage.config import EvictionConfig
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -147,41 +147,20 @@ def _pool(tensor: torch.Tensor, lengths: torch.Tensor, pooling: str, axis: int, 
     raise ValueError(f"pooling must be concat, mean or last, got {pooling!r}")
 
 
-CAPTURE_MEMORY_MB = 8192
-"""The memory one capture forward may take by default (`capture_memory_bytes` estimates a row's)."""
-
-
-def capture_memory_bytes(model, length: int) -> int:
-    """Bytes one row of `length` tokens takes in a memento-masked eager forward, at most: the boolean and
-    additive masks (5 bytes a cell), each layer's attention scores and their softmax ((heads, T, T) twice,
-    float32, freed layer by layer), the cache's keys and values of every layer, a few (T, d_model)
-    activations and the last position's logits."""
-    config = hf_module(model).config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return (length ** 2 * (5 + 8 * heads) + length * 4 * (2 * config.num_hidden_layers * kv_heads * d_head
-                                                          + 16 * config.hidden_size) + 4 * config.vocab_size)
-
-
 @torch.no_grad()
 def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: EvictionConfig,
-                    sites: Sequence[tuple[str, int]], batch_size: int = 64, memory_mb: int = CAPTURE_MEMORY_MB,
+                    sites: Sequence[tuple[str, int]], batch_size: int = 64, memory_mb: int = MEMORY_MB,
                     progress: Callable[[int], None] | None = None) -> KVDataset:
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
     one masked forward per batch over the prefix that ends at the batch's last site position:
     `batch_size` rows at most, and no more than `memory_mb` of the forward's memory allows
-    (`capture_memory_bytes` of the longest trace); a single row that needs more is an error. Batches of 64
+    (`leakage.engine.memory.rows_per_batch` of the longest trace); a single row that needs more is an error. Batches of 64
     keep a forward's activations in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces
     (`experiments/bench_capture.py`).
     Under `torchrun`, each process captures its share of the batches and every process gets the whole
     dataset (`leakage.shards`): the same batches, so the same numbers as one process."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}
-    longest = max(len(t.ids) for t in traces)
-    per_row = capture_memory_bytes(model, longest)
-    if per_row > memory_mb * 2 ** 20:
-        raise ValueError(f"a trace of {longest} tokens needs about {per_row / 2 ** 20:,.0f} MB to capture; the "
-                         f"memory budget is {memory_mb:,} MB (raise memory_mb)")
-    batch_size = max(1, min(batch_size, memory_mb * 2 ** 20 // per_row))
+    batch_size = rows_per_batch(model, max(len(t.ids) for t in traces), memory_mb, batch_size)
     batches = [traces[start:start + batch_size] for start in range(0, len(traces), batch_size)]
     mine = []
     for index in shards.share(len(batches)):

@@ -1,5 +1,7 @@
 """KV patching: the sanity properties of a cache patch, three views agreeing, and the decoder's live cache."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,26 @@ def test_twins_differ_only_in_the_passcode_and_its_answer(tiny, pairs):
     assert run.queries == [p - 1 for p in examples[0].answer_positions]
     assert run.at > max(examples[0].passcode_positions)  # patched after the passcode block left
     assert not run.held[:, examples[0].passcode_positions].any()
+
+
+def test_patching_batches_fit_a_memory_budget_and_give_the_same_numbers(tiny, pairs):
+    """A budget that holds one example's forward (`forward_memory_bytes`) runs the prefix and the patched suffix
+    one example at a time, to the same keys, values and logits; a budget below one example is refused."""
+    from leakage.analysis.patching import prefix_kv
+    from leakage.engine.memory import forward_memory_bytes
+
+    model, _ = tiny
+    *_, run = pairs
+    one_row = forward_memory_bytes(model, run.ids.shape[1]) / 2 ** 20
+    budget = math.ceil(one_row)  # whole megabytes that hold one row and not two
+    assert one_row <= budget < 2 * one_row and len(run.ids) > 1
+    whole = prefix_kv(model, run.ids, run.mask, run.at)
+    rowwise = prefix_kv(model, run.ids, run.mask, run.at, memory_mb=budget)
+    assert torch.allclose(whole.keys, rowwise.keys, atol=1e-5) and torch.allclose(whole.values, rowwise.values, atol=1e-5)
+    assert torch.allclose(patched_logits(model, run, run.source), patched_logits(model, run, run.source, budget),
+                          atol=1e-4)
+    with pytest.raises(ValueError, match=f"sequence of {run.ids.shape[1]} tokens needs about"):
+        patched_logits(model, run, run.source, memory_mb=0)
 
 
 def test_patching_nothing_gives_the_clean_run_and_everything_the_corrupted_run(tiny, pairs):

@@ -104,19 +104,19 @@ def test_probe_cli_on_another_architecture_and_real_traces(tmp_path, fixtures_di
 
 
 def test_capture_batches_fit_a_memory_budget_and_give_the_same_dataset(tiny):
-    from leakage.analysis.probe_data import capture_memory_bytes
+    from leakage.engine.memory import forward_memory_bytes
 
     model, tokenizer = tiny
     traces = synthetic_traces(TaskConfig(task="digits", n_blocks=3, passcode_block=1), tokenizer, 12)
     sites = [("memento", 0), ("memento", 1)]
     whole = capture_dataset(model, tokenizer, traces, EvictionConfig(), sites)
     longest = max(len(t.ids) for t in traces)
-    two_rows = 2 * capture_memory_bytes(model, longest) / 2 ** 20
+    two_rows = 2 * forward_memory_bytes(model, longest) / 2 ** 20
     seen = []
     halves = capture_dataset(model, tokenizer, traces, EvictionConfig(), sites, memory_mb=int(two_rows) + 1,
                              progress=seen.append)
     assert seen == [2] * 6  # two rows a forward: what the budget holds
     for site in whole.kv:
         assert torch.allclose(whole.kv[site], halves.kv[site], atol=1e-5)
-    with pytest.raises(ValueError, match=f"trace of {longest} tokens needs about"):
+    with pytest.raises(ValueError, match=f"sequence of {longest} tokens needs about"):
         capture_dataset(model, tokenizer, traces, EvictionConfig(), sites, memory_mb=int(two_rows / 4))

@@ -1,6 +1,7 @@
 """Two-stage SFT on transformers.Trainer: collator masks, resume, DDP, evaluation."""
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -182,6 +183,28 @@ def test_teacher_forced_block_accuracy_agrees_with_dense_forward(tiny):
             correct += all(int(pred[p - 1]) == e.ids[p] for p in positions)
     acc = accuracy(model, tokenizer, examples, config, "sums")
     assert (acc.correct, acc.total) == (correct, total)
+
+
+def test_evaluation_batches_fit_a_memory_budget_and_score_the_same(tiny, monkeypatch):
+    """A budget that holds one row's forward (`forward_memory_bytes`) decodes one example at a time, to the same
+    hits; a budget below one row is refused, naming the length."""
+    from leakage.engine.memory import forward_memory_bytes
+    from leakage.training import evaluate
+
+    model, tokenizer = tiny
+    examples = [make_example(TASK, tokenizer, 0, i) for i in range(4)]
+    whole = accuracy(model, tokenizer, examples, EvictionConfig(), "sums")
+    longest = max(len(e.ids) for e in examples)
+    one_row = forward_memory_bytes(model, longest) / 2 ** 20
+    sizes, decode = [], evaluate.METHODS["teacher_forced"]
+    monkeypatch.setitem(evaluate.METHODS, "teacher_forced", lambda m, t, chunk, c: sizes.append(len(chunk)) or
+                        decode(m, t, chunk, c))
+    budget = math.ceil(one_row)  # whole megabytes that hold one row and not two
+    assert one_row <= budget < 2 * one_row
+    small = accuracy(model, tokenizer, examples, EvictionConfig(), "sums", memory_mb=budget)
+    assert sizes == [1] * 4 and (small.hits == whole.hits).all()
+    with pytest.raises(ValueError, match=f"sequence of {longest} tokens needs about"):
+        accuracy(model, tokenizer, examples, EvictionConfig(), "sums", memory_mb=0)
 
 
 def test_answer_accuracy_scores_every_answer_digit_like_a_dense_forward(tiny):

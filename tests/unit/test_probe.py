@@ -9,8 +9,8 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from leakage.analysis.probe import (ProbeConfig, control_labels, fit_probe, mdl_codelength, shuffled_labels,
-                           split_groups, whitening)
+from leakage.analysis.probe import (ProbeConfig, control_labels, fit_probe, mdl_codelength, probe_preset,
+                                    shuffled_labels, split_groups, whitening)
 from tests.bounds import Z, at_chance, band, probe_reads_at_chance, standard_error
 
 N, D = 3000, 5
@@ -201,11 +201,14 @@ def test_a_repeated_decomposition_is_reused_and_equals_a_fresh_one(monkeypatch):
     assert len(probe._COMPONENTS) == probe.COMPONENTS_KEPT
 
 
-def test_a_bfloat16_probe_reads_the_low_variance_signal_the_float32_probe_reads():
+@pytest.mark.parametrize("preset", ["mlp-bf16", "mlp-fast"])
+def test_a_bfloat16_probe_reads_the_low_variance_signal_the_float32_probe_reads(preset):
     """Whitening runs in float32 before the network, so products in bfloat16 see every direction at unit scale:
-    the low-variance leak of `kv_like` is read to the same Bayes allowance, and noise stays at chance."""
+    the low-variance leak of `kv_like` is read to the same Bayes allowance, and noise stays at chance (also by
+    `mlp-fast`, which trains the same network in larger batches with less patience)."""
     labels, groups = passcodes()
-    config = replace(FAST, kind="mlp", matmul_dtype="bfloat16")
+    config = replace(probe_preset(preset), n_bootstrap=FAST.n_bootstrap)
+    assert config.matmul_dtype == "bfloat16"
     found = fit_probe(kv_like(labels), labels, groups, config=config)
     assert learns(found.accuracy, bayes_rate(0.3), units(found, groups))
     noise = fit_probe(torch.randn(N, 64, generator=torch.Generator().manual_seed(1)), labels, groups, config=config)
