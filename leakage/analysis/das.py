@@ -54,7 +54,7 @@ from scipy.linalg import subspace_angles
 from torch import nn
 
 from leakage.analysis.erasure import leace_eraser, leaked_positions, one_hot_digits
-from leakage.analysis.patching import KV, PatchRun, answer_correct, patched_logits
+from leakage.analysis.patching import KV, PatchRun, answer_correct, patched_logits, suffix_logits
 from leakage.analysis.probe import ProbeConfig, fit_probe
 from leakage.analysis.record import Clock, Log, Record, beside, check_outputs, finish, finite_or_none
 from leakage.analysis.ablation import restart
@@ -261,9 +261,9 @@ def _score(values: torch.Tensor, bootstrap: int, seed: int, **row) -> dict:
 
 
 def model_logits(model) -> LogitsOf:
-    """The `LogitsOf` of a model: `patching.patched_logits`, in batches the memory budget holds (on the HF module:
-    `suffix_logits`, whose gradients flow to the cache; to the cache only when the model is `frozen`)."""
-    return lambda run, kv: patched_logits(model, run, kv)
+    """The `LogitsOf` of a model: `patching.suffix_logits`, in batches the memory budget holds (gradients flow to
+    the cache only when the model is `frozen`)."""
+    return lambda run, kv: suffix_logits(model, run, kv)
 
 
 @dataclass

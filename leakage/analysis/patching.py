@@ -126,7 +126,8 @@ def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: 
     rows a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
     hf, device = hf_module(model), input_device(model)
     parts = []
-    for rows in _row_chunks(model, len(ids), at, memory_mb):
+    size = rows_per_batch(model, at, memory_mb, most=max(1, len(ids)))
+    for rows in (torch.arange(start, min(start + size, len(ids))) for start in range(0, len(ids), size)):
         cache = DynamicCache(config=hf.config)
         hf(ids[rows, :at].to(device), attention_mask=additive_mask(mask[rows, :at, :at]).to(device),
            past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(rows), at),
@@ -135,12 +136,6 @@ def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: 
         parts.append(KV(torch.stack([layer.keys for layer in layers], 1),
                         torch.stack([layer.values for layer in layers], 1)))
     return parts[0] if len(parts) == 1 else KV(torch.cat([p.keys for p in parts]), torch.cat([p.values for p in parts]))
-
-
-def _row_chunks(model, n_rows: int, length: int, memory_mb: int) -> list[torch.Tensor]:
-    """Row indices of consecutive batches of a forward over `length` positions within `memory_mb`."""
-    size = rows_per_batch(model, length, memory_mb, most=max(1, n_rows))
-    return [torch.arange(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
 
 
 @torch.no_grad()
@@ -174,11 +169,27 @@ def patch_run(model, tokenizer, ids, source_ids, eviction: EvictionConfig, at: i
 
 # -- the patched forward, three ways -------------------------------------------------------------------
 
-def suffix_logits(model, run: PatchRun, kv: KV) -> torch.Tensor:
+def suffix_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> torch.Tensor:
     """(B, Q, V): the logits at `run.queries` of the HF module with `kv` as the cache at step `run.at` (the
-    queries from `at` on recomputed), on the CPU beside the run's answers (`kv` on the model's device).
-    Differentiable in `kv` (what `leakage.analysis.das` trains through); `patched_logits` is the same without
-    gradients, on any view."""
+    queries from `at` on recomputed), on the CPU beside the run's answers (`kv` on the model's device), in
+    batches of examples within `memory_mb` (`in_batches`). Differentiable in `kv` (what
+    `leakage.analysis.das` trains through); `patched_logits` is the same without gradients, on any view."""
+    return in_batches(_suffix_hf, model, run, kv, memory_mb)
+
+
+def in_batches(forward: Callable[..., torch.Tensor], model, run: PatchRun, kv: KV,
+               memory_mb: int = MEMORY_MB) -> torch.Tensor:
+    """`forward(model, run, kv)` -> (B, ...) over consecutive batches of the run's examples, as many a forward
+    over the whole sequence as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`), concatenated
+    (gradients flow through as through one call)."""
+    size = rows_per_batch(model, run.ids.shape[1], memory_mb, most=max(1, len(run.ids)))
+    if size >= len(run.ids):
+        return forward(model, run, kv)
+    chunks = [torch.arange(start, min(start + size, len(run.ids))) for start in range(0, len(run.ids), size)]
+    return torch.cat([forward(model, run.subset(rows), KV(kv.keys[rows], kv.values[rows])) for rows in chunks])
+
+
+def _suffix_hf(model, run: PatchRun, kv: KV) -> torch.Tensor:
     cache = DynamicCache(config=hf_module(model).config)
     for layer in range(kv.keys.shape[1]):
         cache.update(kv.keys[:, layer], kv.values[:, layer], layer)
@@ -257,11 +268,8 @@ def _suffix_nnsight(view, run: PatchRun, kv: KV) -> torch.Tensor:
 def patched_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> torch.Tensor:
     """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view), on the CPU;
     as many examples a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
-    forward = _suffix_bridge if is_bridge(model) else _suffix_nnsight if is_nnsight(model) else suffix_logits
-    chunks = _row_chunks(model, len(run.ids), run.ids.shape[1], memory_mb)
-    if len(chunks) == 1:
-        return forward(model, run, kv)
-    return torch.cat([forward(model, run.subset(rows), KV(kv.keys[rows], kv.values[rows])) for rows in chunks])
+    forward = _suffix_bridge if is_bridge(model) else _suffix_nnsight if is_nnsight(model) else _suffix_hf
+    return in_batches(forward, model, run, kv, memory_mb)
 
 
 # -- metrics --------------------------------------------------------------------------------------------

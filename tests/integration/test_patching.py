@@ -55,8 +55,8 @@ def test_twins_differ_only_in_the_passcode_and_its_answer(tiny, pairs):
 def test_patching_batches_fit_a_memory_budget_and_give_the_same_numbers(tiny, pairs):
     """A budget that holds one example's forward (`forward_memory_bytes`) runs the prefix and the patched suffix
     one example at a time, to the same keys, values and logits; a budget below one example is refused."""
-    from leakage.analysis.patching import prefix_kv
-    from leakage.engine.memory import forward_memory_bytes
+    from leakage.analysis.patching import KV, prefix_kv, suffix_logits
+    from leakage.engine.memory import MEMORY_MB, forward_memory_bytes
 
     model, _ = tiny
     *_, run = pairs
@@ -70,6 +70,12 @@ def test_patching_batches_fit_a_memory_budget_and_give_the_same_numbers(tiny, pa
                           atol=1e-4)
     with pytest.raises(ValueError, match=f"sequence of {run.ids.shape[1]} tokens needs about"):
         patched_logits(model, run, run.source, memory_mb=0)
+    gradients = []  # what DAS trains through: the gradient reaches the cache across batches as through one call
+    for memory_mb in (MEMORY_MB, budget):
+        kv = KV(run.source.keys.clone().requires_grad_(), run.source.values.clone().requires_grad_())
+        suffix_logits(model, run, kv, memory_mb).logsumexp(-1).sum().backward()
+        gradients.append(kv.values.grad)
+    assert gradients[0].abs().sum() > 0 and torch.allclose(*gradients, atol=1e-5)
 
 
 def test_patching_nothing_gives_the_clean_run_and_everything_the_corrupted_run(tiny, pairs):
