@@ -18,7 +18,8 @@ def forward_memory_bytes(model, length: int) -> int:
     float32, freed layer by layer), the cache's keys and values of every layer, a few (T, d_model)
     activations and the last position's logits."""
     config = hf_module(model).config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads  # GPT-2 and kin: no grouped queries
     d_head = getattr(config, "head_dim", None) or config.hidden_size // heads
     return (length ** 2 * (5 + 8 * heads) + length * 4 * (2 * config.num_hidden_layers * kv_heads * d_head
                                                           + 16 * config.hidden_size) + 4 * config.vocab_size)
