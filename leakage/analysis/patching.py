@@ -38,7 +38,7 @@ from transformers import DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
-from leakage.engine.memory import MEMORY_MB, rows_per_batch
+from leakage.engine.memory import rows_per_batch
 from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import key_hook, value_hook
 from leakage.memento.mask import additive_mask, memento_mask
@@ -120,7 +120,7 @@ def _mask(ids: torch.Tensor, tokenizer, eviction: EvictionConfig, prompt_len: Se
 
 
 @torch.no_grad()
-def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: int = MEMORY_MB) -> KV:
+def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: int | None = None) -> KV:
     """Keys and values of positions [0, at) from masked forwards over them (`mask`: (B, T, T)), read from the
     cache they fill (the HF module of any view: every view computes the same), on the model's device; as many
     rows a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
@@ -169,7 +169,7 @@ def patch_run(model, tokenizer, ids, source_ids, eviction: EvictionConfig, at: i
 
 # -- the patched forward, three ways -------------------------------------------------------------------
 
-def suffix_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> torch.Tensor:
+def suffix_logits(model, run: PatchRun, kv: KV, memory_mb: int | None = None) -> torch.Tensor:
     """(B, Q, V): the logits at `run.queries` of the HF module with `kv` as the cache at step `run.at` (the
     queries from `at` on recomputed), on the CPU beside the run's answers (`kv` on the model's device), in
     batches of examples within `memory_mb` (`in_batches`). Differentiable in `kv` (what
@@ -178,9 +178,10 @@ def suffix_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> t
 
 
 def in_batches(forward: Callable[..., torch.Tensor], model, run: PatchRun, kv: KV,
-               memory_mb: int = MEMORY_MB) -> torch.Tensor:
+               memory_mb: int | None = None) -> torch.Tensor:
     """`forward(model, run, kv)` -> (B, ...) over consecutive batches of the run's examples, as many a forward
-    over the whole sequence as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`), concatenated
+    over the whole sequence as `memory_mb` MiB hold (None: `$LEAKAGE_MEMORY_MB`, else 8192;
+    `leakage.engine.memory.rows_per_batch`), concatenated
     (gradients flow through as through one call)."""
     size = rows_per_batch(model, run.ids.shape[1], memory_mb, most=max(1, len(run.ids)))
     if size >= len(run.ids):
@@ -265,7 +266,7 @@ def _suffix_nnsight(view, run: PatchRun, kv: KV) -> torch.Tensor:
 
 
 @torch.no_grad()
-def patched_logits(model, run: PatchRun, kv: KV, memory_mb: int = MEMORY_MB) -> torch.Tensor:
+def patched_logits(model, run: PatchRun, kv: KV, memory_mb: int | None = None) -> torch.Tensor:
     """(B, Q, V): the logits at `run.queries` when the cache at step `run.at` holds `kv` (any view), on the CPU;
     as many examples a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
     forward = _suffix_bridge if is_bridge(model) else _suffix_nnsight if is_nnsight(model) else _suffix_hf

@@ -28,7 +28,7 @@ import torch
 
 from leakage import shards
 from leakage.engine.capture import capture
-from leakage.engine.memory import MEMORY_MB, rows_per_batch
+from leakage.engine.memory import rows_per_batch
 from leakage.config import EvictionConfig
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -149,11 +149,11 @@ def _pool(tensor: torch.Tensor, lengths: torch.Tensor, pooling: str, axis: int, 
 
 @torch.no_grad()
 def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: EvictionConfig,
-                    sites: Sequence[tuple[str, int]], batch_size: int = 64, memory_mb: int = MEMORY_MB,
+                    sites: Sequence[tuple[str, int]], batch_size: int = 64, memory_mb: int | None = None,
                     progress: Callable[[int], None] | None = None) -> KVDataset:
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
     one masked forward per batch over the prefix that ends at the batch's last site position:
-    `batch_size` rows at most, and no more than `memory_mb` of the forward's memory allows
+    `batch_size` rows at most, and no more than `memory_mb` MiB (None: `$LEAKAGE_MEMORY_MB`, else 8192) allow
     (`leakage.engine.memory.rows_per_batch` of the longest trace); a single row that needs more is an error. Batches of 64
     keep a forward's activations in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces
     (`experiments/bench_capture.py`).

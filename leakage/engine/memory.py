@@ -1,15 +1,38 @@
 """How many rows of a memento-masked forward fit a memory budget: one estimate for every batched pass
-(capture, evaluation), so a real-size model on long traces takes smaller batches instead of running out.
+(capture, evaluation, patching), so a real-size model on long traces takes smaller batches instead of
+running out.
 
-    rows = rows_per_batch(model, longest, memory_mb=8192, most=64)
+    rows = rows_per_batch(model, longest, memory_mb=None, most=64)   # None: $LEAKAGE_MEMORY_MB, else 8192
+
+The budget is in MiB. `LEAKAGE_MEMORY_MB` sets it for every runner and verb at once (as `LEAKAGE_DEVICE_MAP`
+sets the device): `LEAKAGE_MEMORY_MB=60000 leakage probe CKPT ...` on an 80 GB GPU.
 """
 
 from __future__ import annotations
 
+import os
+
 from leakage.engine.views import hf_module
 
 MEMORY_MB = 8192
-"""The memory one batched forward may take by default."""
+"""The memory one batched forward may take when neither the caller nor `MEMORY_VARIABLE` says."""
+MEMORY_VARIABLE = "LEAKAGE_MEMORY_MB"
+
+
+def memory_budget(memory_mb: int | None = None) -> int:
+    """The budget in MiB: `memory_mb`, else `$LEAKAGE_MEMORY_MB`, else `MEMORY_MB`."""
+    if memory_mb is not None:
+        return memory_mb
+    text = os.environ.get(MEMORY_VARIABLE, "").strip()
+    if not text:
+        return MEMORY_MB
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"${MEMORY_VARIABLE}={text!r}: expected a whole number of MiB") from None
+    if value < 1:
+        raise ValueError(f"${MEMORY_VARIABLE}={text!r}: the memory budget must be at least 1 MiB")
+    return value
 
 
 def forward_memory_bytes(model, length: int) -> int:
@@ -25,11 +48,12 @@ def forward_memory_bytes(model, length: int) -> int:
                                                           + 16 * config.hidden_size) + 4 * config.vocab_size)
 
 
-def rows_per_batch(model, length: int, memory_mb: int = MEMORY_MB, most: int = 64) -> int:
-    """Rows of `length` tokens one forward may take: `most` at most, and no more than `memory_mb` allows
-    (`forward_memory_bytes`); raises `ValueError` when a single row needs more than the budget."""
+def rows_per_batch(model, length: int, memory_mb: int | None = None, most: int = 64) -> int:
+    """Rows of `length` tokens one forward may take: `most` at most, and no more than the budget (`memory_budget`)
+    allows (`forward_memory_bytes`); raises `ValueError` when a single row needs more than the budget."""
+    budget = memory_budget(memory_mb)
     per_row = forward_memory_bytes(model, length)
-    if per_row > memory_mb * 2 ** 20:
+    if per_row > budget * 2 ** 20:
         raise ValueError(f"a sequence of {length} tokens needs about {per_row / 2 ** 20:,.0f} MB in one forward; the "
-                         f"memory budget is {memory_mb:,} MB (raise memory_mb)")
-    return max(1, min(most, memory_mb * 2 ** 20 // per_row))
+                         f"memory budget is {budget:,} MB (raise memory_mb or ${MEMORY_VARIABLE})")
+    return max(1, min(most, budget * 2 ** 20 // per_row))

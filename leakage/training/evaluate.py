@@ -25,7 +25,7 @@ import torch
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.engine.decode import Decoder, SequenceResult, force_policy, teacher_force
-from leakage.engine.memory import MEMORY_MB, rows_per_batch
+from leakage.engine.memory import rows_per_batch
 from leakage.stats import cluster_bootstrap_mean, wilson_interval
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec, unit
 
@@ -129,10 +129,10 @@ a sequence aligned with its ids."""
 
 @torch.no_grad()
 def accuracies(model, tokenizer, examples: list[Example], eviction: EvictionConfig, unit_names: tuple[str, ...],
-               method: str = "teacher_forced", batch_size: int = 32, memory_mb: int = MEMORY_MB) -> dict[str, Accuracy]:
+               method: str = "teacher_forced", batch_size: int = 32, memory_mb: int | None = None) -> dict[str, Accuracy]:
     """`Accuracy` of each of `unit_names` under `method` (module docstring), from one decoding pass in batches of
-    `batch_size` examples at most, fewer where a forward over the longest would exceed `memory_mb`
-    (`leakage.engine.memory.rows_per_batch`)."""
+    `batch_size` examples at most, fewer where a forward over the longest would exceed `memory_mb` MiB (None:
+    `$LEAKAGE_MEMORY_MB`, else 8192; `leakage.engine.memory.rows_per_batch`)."""
     if method not in METHODS:
         raise ValueError(f"unknown evaluation method {method!r}; choose one of {sorted(METHODS)}")
     if examples:
@@ -151,7 +151,7 @@ def accuracies(model, tokenizer, examples: list[Example], eviction: EvictionConf
 
 
 def accuracy(model, tokenizer, examples: list[Example], eviction: EvictionConfig, unit_name: str,
-             method: str = "teacher_forced", batch_size: int = 32, memory_mb: int = MEMORY_MB) -> Accuracy:
+             method: str = "teacher_forced", batch_size: int = 32, memory_mb: int | None = None) -> Accuracy:
     """Share of the examples' `unit_name` units that are right under `method` (module docstring)."""
     return accuracies(model, tokenizer, examples, eviction, (unit_name,), method, batch_size, memory_mb)[unit_name]
 
