@@ -38,7 +38,7 @@ from transformers import DynamicCache
 
 from leakage.engine.cache import cache_layers
 from leakage.config import EvictionConfig
-from leakage.engine.memory import rows_per_batch
+from leakage.engine.memory import row_batches
 from leakage.engine.views import check_token_ids, hf_module, input_device, is_bridge, is_nnsight, vocab_size
 from leakage.engine.hooks import key_hook, value_hook
 from leakage.memento.mask import additive_mask, memento_mask
@@ -126,8 +126,7 @@ def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: 
     rows a forward as `memory_mb` holds (`leakage.engine.memory.rows_per_batch`)."""
     hf, device = hf_module(model), input_device(model)
     parts = []
-    size = rows_per_batch(model, at, memory_mb, most=max(1, len(ids)))
-    for rows in (torch.arange(start, min(start + size, len(ids))) for start in range(0, len(ids), size)):
+    for rows in row_batches(model, at, len(ids), memory_mb):
         cache = DynamicCache(config=hf.config)
         hf(ids[rows, :at].to(device), attention_mask=additive_mask(mask[rows, :at, :at]).to(device),
            past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(rows), at),
@@ -183,10 +182,9 @@ def in_batches(forward: Callable[..., torch.Tensor], model, run: PatchRun, kv: K
     over the whole sequence as `memory_mb` MiB hold (None: `$LEAKAGE_MEMORY_MB`, else 8192;
     `leakage.engine.memory.rows_per_batch`), concatenated
     (gradients flow through as through one call)."""
-    size = rows_per_batch(model, run.ids.shape[1], memory_mb, most=max(1, len(run.ids)))
-    if size >= len(run.ids):
+    chunks = row_batches(model, run.ids.shape[1], len(run.ids), memory_mb)
+    if len(chunks) == 1:
         return forward(model, run, kv)
-    chunks = [torch.arange(start, min(start + size, len(run.ids))) for start in range(0, len(run.ids), size)]
     return torch.cat([forward(model, run.subset(rows), KV(kv.keys[rows], kv.values[rows])) for rows in chunks])
 
 

@@ -3,6 +3,7 @@
 running out.
 
     rows = rows_per_batch(model, longest, memory_mb=None, most=64)   # None: $LEAKAGE_MEMORY_MB, else 8192
+    batches = row_batches(model, longest, n_rows)                     # index tensors, one per forward
 
 The budget is in MiB. `LEAKAGE_MEMORY_MB` sets it for every runner and verb at once (as `LEAKAGE_DEVICE_MAP`
 sets the device): `LEAKAGE_MEMORY_MB=60000 leakage probe CKPT ...` on an 80 GB GPU.
@@ -11,6 +12,8 @@ sets the device): `LEAKAGE_MEMORY_MB=60000 leakage probe CKPT ...` on an 80 GB G
 from __future__ import annotations
 
 import os
+
+import torch
 
 from leakage.engine.views import hf_module
 
@@ -57,3 +60,10 @@ def rows_per_batch(model, length: int, memory_mb: int | None = None, most: int =
         raise ValueError(f"a sequence of {length} tokens needs about {per_row / 2 ** 20:,.0f} MB in one forward; the "
                          f"memory budget is {budget:,} MB (raise memory_mb or ${MEMORY_VARIABLE})")
     return max(1, min(most, budget * 2 ** 20 // per_row))
+
+
+def row_batches(model, length: int, n_rows: int, memory_mb: int | None = None) -> list[torch.Tensor]:
+    """Row indices (consecutive, in order) of the batches a forward over `length` positions takes `n_rows` rows in,
+    each as large as `rows_per_batch` allows."""
+    size = rows_per_batch(model, length, memory_mb, most=max(1, n_rows))
+    return [torch.arange(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
