@@ -40,7 +40,7 @@ from leakage.config import EvictionConfig
 from leakage.engine.model import check_trained_task, load_checkpoint
 from leakage.engine.precision import FP8, at_precision, precision_preset
 from leakage.stats import cluster_bootstrap_mean
-from leakage.training.evaluate import CALIBRATION_EXAMPLES, accuracy, calibration_ids, validation_examples
+from leakage.training.evaluate import CALIBRATION_EXAMPLES, Accuracy, accuracy, calibration_ids, validation_examples
 from leakage.training.tasks import Example, TaskConfig
 
 DELIMITERS = ("block_start", "block_end", "summary_start", "summary_end")
@@ -153,10 +153,8 @@ def patching_rows(model, tokenizer, spec: PrecisionSpec) -> list[dict]:
     run = passcode_run(model, tokenizer, examples, twins, digits, spec.eviction)
     differ = run.answer[..., 0] != run.answer[..., 1]  # (B, Q): the digits where the passcodes differ
     follows = (patched_logits(model, run, run.source).argmax(-1) == run.answer[..., 1])[differ].numpy()
-    example = torch.arange(len(examples))[:, None].expand_as(differ)[differ].numpy()
-    low, high = cluster_bootstrap_mean(follows.astype(float), example, 2000, spec.seed)
-    rows = [{"measure": "patch_twin_cache", "accuracy": float(follows.mean()), "ci95_low": low, "ci95_high": high,
-             "total": int(differ.sum()), "interval": f"cluster bootstrap over {len(examples)} twin pairs"}]
+    pair = torch.arange(len(examples))[:, None].expand_as(differ)[differ].numpy()  # a twin pair is one example
+    rows = [{"measure": "patch_twin_cache", **Accuracy(follows, pair).as_dict()}]
     clean, corrupted = clean_and_corrupted(model, run)
     layers = result_frame(kv_patch_layer(model, run, which="both"), "patch_layer", "twin", clean, corrupted,
                           bootstrap=1000, seed=spec.seed)

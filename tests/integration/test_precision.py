@@ -187,7 +187,7 @@ def test_the_precision_runner_scores_used_and_present_at_each_precision(checkpoi
         assert list(curve.budget) == [20, 40] and list(curve.n_train + curve.n_early_stop) == [20, 40]
         assert (curve.n_val == mine.loc["probe_masked_d1", "n_val"]).all()  # the same validation part
         twin = mine.loc["patch_twin_cache"]  # the first digit always differs: at least one unit per pair
-        assert 6 <= twin.total <= 6 * 5 and twin.ci95_low <= twin.accuracy <= twin.ci95_high
+        assert 6 <= twin.total <= 6 * 5 and twin.examples == 6 and twin.ci95_low <= twin.accuracy <= twin.ci95_high
         layers = mine.loc[[f"patch_layer{layer}" for layer in range(n_layers)]]
         assert list(layers.layer) == list(range(n_layers)) and layers.effect.notna().all()
     assert rows[rows.precision == "kv_fp8_head"].kv.iloc[0] == "fp8_e4m3"
