@@ -33,8 +33,8 @@ from leakage.training.tasks import Example, TaskConfig, make_example, task_spec,
 BOOTSTRAP_RESAMPLES = 2000
 EVAL_BATCH = 256
 """Examples decoded in lockstep at most (fewer where `leakage.engine.memory.rows_per_batch` says so): per-step
-overhead dominates a small model's decoding, so 256 rows score 512 passcode-task examples about twice as fast as
-32 (teacher-forced 6-10 s against 16-17 s, free-running 7 s against 10-13 s on 2 cores), with the same hits."""
+overhead dominates a small model's decoding, so 256 rows score the main job's task 1.8-2.1x as fast as 32, with
+the same hits (`experiments/bench_eval.py`, `figures/bench_eval.json`)."""
 
 
 @dataclass
