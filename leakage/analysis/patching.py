@@ -94,8 +94,8 @@ class PatchRun:
     kinds: list[str]
 
     def subset(self, rows) -> "PatchRun":
-        """The run of the examples at `rows` (indices into the batch), in that order."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        """The run of the examples at `rows` (indices into the batch, or a slice of it), in that order."""
+        rows = torch.arange(len(self.ids))[rows] if isinstance(rows, slice) else torch.as_tensor(rows, dtype=torch.long)
         pick = lambda kv: KV(kv.keys[rows], kv.values[rows])
         return replace(self, ids=self.ids[rows], mask=self.mask[rows], answer=self.answer[rows],
                        target=pick(self.target), source=pick(self.source), held=self.held[rows])
@@ -128,9 +128,9 @@ def prefix_kv(model, ids: torch.Tensor, mask: torch.Tensor, at: int, memory_mb: 
     parts = []
     for rows in row_batches(model, at, len(ids), memory_mb):
         cache = DynamicCache(config=hf.config)
-        hf(ids[rows, :at].to(device), attention_mask=additive_mask(mask[rows, :at, :at]).to(device),
-           past_key_values=cache, position_ids=torch.arange(at, device=device)[None].expand(len(rows), at),
-           use_cache=True)
+        batch = ids[rows, :at]
+        hf(batch.to(device), attention_mask=additive_mask(mask[rows, :at, :at]).to(device), past_key_values=cache,
+           position_ids=torch.arange(at, device=device)[None].expand(len(batch), at), use_cache=True)
         layers = cache_layers(cache)
         parts.append(KV(torch.stack([layer.keys for layer in layers], 1),
                         torch.stack([layer.values for layer in layers], 1)))

@@ -28,7 +28,7 @@ import torch
 
 from leakage import shards
 from leakage.engine.capture import capture
-from leakage.engine.memory import rows_per_batch
+from leakage.engine.memory import row_batches
 from leakage.config import EvictionConfig
 from leakage.memento.positions import Site, TracePositions, trace_positions
 from leakage.memento.spans import parse_spans
@@ -154,14 +154,14 @@ def capture_dataset(model, tokenizer, traces: Sequence[ProbeTrace], eviction: Ev
     """Capture keys and values at `sites` ((part, offset from the passcode block)) of every trace,
     one masked forward per batch over the prefix that ends at the batch's last site position:
     `batch_size` rows at most, and no more than `memory_mb` MiB (None: `$LEAKAGE_MEMORY_MB`, else 8192) allow
-    (`leakage.engine.memory.rows_per_batch` of the longest trace); a single row that needs more is an error. Batches of 64
+    (`leakage.engine.memory.row_batches` of the longest trace); a single row that needs more is an error. Batches of 64
     keep a forward's activations in the CPU's caches: 1.7x the rate of batches of 256 on 10-block traces
     (`experiments/bench_capture.py`).
     Under `torchrun`, each process captures its share of the batches and every process gets the whole
     dataset (`leakage.shards`): the same batches, so the same numbers as one process."""
     names = {site_name(part, offset): (part, offset) for part, offset in sites}
-    batch_size = rows_per_batch(model, max(len(t.ids) for t in traces), memory_mb, batch_size)
-    batches = [traces[start:start + batch_size] for start in range(0, len(traces), batch_size)]
+    batches = [traces[rows] for rows in row_batches(model, max(len(t.ids) for t in traces), len(traces), memory_mb,
+                                                      most=batch_size)]
     mine = []
     for index in shards.share(len(batches)):
         mine.append(_capture_batch(model, tokenizer, batches[index], eviction, names))

@@ -3,7 +3,7 @@
 running out.
 
     rows = rows_per_batch(model, longest, memory_mb=None, most=64)   # None: $LEAKAGE_MEMORY_MB, else 8192
-    batches = row_batches(model, longest, n_rows)                     # index tensors, one per forward
+    batches = row_batches(model, longest, n_rows, most=64)            # slices of consecutive rows, one per forward
 
 The budget is in MiB. `LEAKAGE_MEMORY_MB` sets it for every runner and verb at once (as `LEAKAGE_DEVICE_MAP`
 sets the device): `LEAKAGE_MEMORY_MB=60000 leakage probe CKPT ...` on an 80 GB GPU.
@@ -12,8 +12,6 @@ sets the device): `LEAKAGE_MEMORY_MB=60000 leakage probe CKPT ...` on an 80 GB G
 from __future__ import annotations
 
 import os
-
-import torch
 
 from leakage.engine.views import hf_module
 
@@ -62,8 +60,11 @@ def rows_per_batch(model, length: int, memory_mb: int | None = None, most: int =
     return max(1, min(most, budget * 2 ** 20 // per_row))
 
 
-def row_batches(model, length: int, n_rows: int, memory_mb: int | None = None) -> list[torch.Tensor]:
-    """Row indices (consecutive, in order) of the batches a forward over `length` positions takes `n_rows` rows in,
-    each as large as `rows_per_batch` allows."""
-    size = rows_per_batch(model, length, memory_mb, most=max(1, n_rows))
-    return [torch.arange(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]
+def row_batches(model, length: int, n_rows: int, memory_mb: int | None = None, most: int | None = None) -> list[slice]:
+    """The batches, in order, that `n_rows` rows of up to `length` positions take through a forward: slices of
+    consecutive rows (they index a list or a tensor; `PatchRun.subset` takes them), each `most` rows at most
+    (None: all of them) and no more than `rows_per_batch` allows; none for no rows."""
+    if n_rows < 1:
+        return []
+    size = rows_per_batch(model, length, memory_mb, most=min(most or n_rows, n_rows))
+    return [slice(start, min(start + size, n_rows)) for start in range(0, n_rows, size)]

@@ -25,7 +25,7 @@ import torch
 
 from leakage.config import EVICTION_PRESETS, EvictionConfig
 from leakage.engine.decode import Decoder, SequenceResult, force_policy, teacher_force
-from leakage.engine.memory import rows_per_batch
+from leakage.engine.memory import row_batches
 from leakage.stats import cluster_bootstrap_mean, wilson_interval
 from leakage.training.tasks import Example, TaskConfig, make_example, task_spec, unit
 
@@ -136,21 +136,21 @@ def accuracies(model, tokenizer, examples: list[Example], eviction: EvictionConf
                method: str = "teacher_forced", batch_size: int = EVAL_BATCH, memory_mb: int | None = None) -> dict[str, Accuracy]:
     """`Accuracy` of each of `unit_names` under `method` (module docstring), from one decoding pass in batches of
     `batch_size` examples at most, fewer where a forward over the longest would exceed `memory_mb` MiB (None:
-    `$LEAKAGE_MEMORY_MB`, else 8192; `leakage.engine.memory.rows_per_batch`)."""
+    `$LEAKAGE_MEMORY_MB`, else 8192; `leakage.engine.memory.row_batches`)."""
     if method not in METHODS:
         raise ValueError(f"unknown evaluation method {method!r}; choose one of {sorted(METHODS)}")
-    if examples:
-        batch_size = rows_per_batch(model, max(len(e.ids) for e in examples), memory_mb, batch_size)
+    longest = max((len(e.ids) for e in examples), default=0)
     positions_of = {name: unit(name).positions for name in unit_names}
     hits = {name: [] for name in unit_names}
     owner = {name: [] for name in unit_names}
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        for i, (example, tokens) in enumerate(zip(chunk, METHODS[method](model, tokenizer, chunk, eviction))):
+    for rows in row_batches(model, longest, len(examples), memory_mb, most=batch_size):
+        chunk = examples[rows]
+        scored = METHODS[method](model, tokenizer, chunk, eviction)
+        for i, (example, tokens) in enumerate(zip(chunk, scored), rows.start):
             for name, positions_in in positions_of.items():
                 for positions in positions_in(example):
                     hits[name].append(all(tokens[p] == example.ids[p] for p in positions))
-                    owner[name].append(start + i)
+                    owner[name].append(i)
     return {name: Accuracy(np.array(hits[name], dtype=bool), np.array(owner[name], dtype=int)) for name in unit_names}
 
 
