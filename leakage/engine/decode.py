@@ -198,14 +198,10 @@ class Decoder:
     def _run(self, tokens: list[list[int]], positions: list[list[int]], hidden: torch.Tensor | None = None):
         """Feed each row its new tokens (a row may have none) right-padded to q; returns logits (B, q, V)."""
         B, q = len(tokens), max(len(t) for t in tokens)
-        ids = torch.full((B, q), self.pad_id)
-        pos = torch.zeros(B, q, dtype=torch.long)
-        new_valid = torch.zeros(B, q, dtype=torch.bool)
         check_token_ids(tokens, self.vocab_size, positions)
-        for b, (t, p) in enumerate(zip(tokens, positions)):
-            ids[b, :len(t)] = torch.tensor(t, dtype=torch.long)
-            pos[b, :len(p)] = torch.tensor(p, dtype=torch.long)
-            new_valid[b, :len(t)] = True
+        ids = torch.tensor([t + [self.pad_id] * (q - len(t)) for t in tokens], dtype=torch.long).view(B, q)
+        pos = torch.tensor([p + [0] * (q - len(p)) for p in positions], dtype=torch.long).view(B, q)
+        new_valid = torch.arange(q)[None] < torch.tensor([len(t) for t in tokens])[:, None]
         mask = attention_mask(self.table, new_valid, hidden)
         self.cache_slots.append(self.table.n_slots + q)
         with torch.no_grad():  # the slot table stays on the CPU; the cache lives where the model computes
@@ -213,12 +209,15 @@ class Decoder:
         self.table.append(new_valid, pos)
         return logits
 
-    def _record(self, b: int, new_positions: list[int], hidden: torch.Tensor | None = None) -> None:
-        """KV count (entries physically held) and attended positions for the new tokens of row b."""
+    def _record(self, b: int, new_positions: list[int], held: int, hidden: torch.Tensor | None = None) -> None:
+        """KV count (`held`: entries physically held before the new tokens) and attended positions for the new
+        tokens of row b."""
         row = self.rows[b]
-        held = int(self.table.valid[b].sum())
-        visible = self.table.valid[b] if hidden is None else self.table.valid[b] & ~hidden[b]
-        cached = sorted(self.table.positions[b][visible].tolist())
+        if not new_positions:
+            return
+        if row.attended is not None:
+            visible = self.table.valid[b] if hidden is None else self.table.valid[b] & ~hidden[b]
+            cached = sorted(self.table.positions[b][visible].tolist())
         for i, p in enumerate(new_positions):
             if p >= len(row.counts):
                 row.counts.append(held + i + 1)
@@ -245,8 +244,8 @@ class Decoder:
         for row in self.rows:
             row.tracker.feed_all(row.ids)
         positions = [list(range(len(r.ids))) for r in self.rows]
-        for b, p in enumerate(positions):
-            self._record(b, p)
+        for b, (p, held) in enumerate(zip(positions, self.table.valid.sum(1).tolist())):
+            self._record(b, p, held)
         start = time.perf_counter()
         logits = self._run([r.ids for r in self.rows], positions)
         return Step(0, positions, logits, [[] for _ in self.rows], time.perf_counter() - start, 0.0)
@@ -286,8 +285,8 @@ class Decoder:
             hidden = torch.zeros_like(self.table.valid)
             for b, (lo, hi) in hidden_ranges.items():
                 hidden[b] = self.table.select(b, lo, hi)
-        for b, p in enumerate(new_positions):
-            self._record(b, p, hidden)
+        for b, (p, held) in enumerate(zip(new_positions, self.table.valid.sum(1).tolist())):
+            self._record(b, p, held, hidden)
         evict_seconds = time.perf_counter() - start
         start = time.perf_counter()
         logits = self._run(new_tokens, new_positions, hidden)

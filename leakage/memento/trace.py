@@ -78,15 +78,18 @@ class MementoTrace:
         A name used twice is an error (names are how analyses find the pieces).
         """
         m = as_marker_ids(tokenizer)
+        segments = [self.prompt, *(s for pair in self.blocks for s in pair), self.answer]
+        encoded = _encode_texts(tokenizer, [text for s in segments for text in
+                                            ([t for _, t in s.pieces] if isinstance(s, Named) else [s])])
         ids: list[int] = []
         parts: dict[str, list[int]] = {}
 
         def add(segment: Segment, where: str) -> None:
             if not isinstance(segment, Named):
-                ids.extend(_encode(tokenizer, segment, where, m))
+                ids.extend(_encode(tokenizer, segment, where, m, encoded))
                 return
             for name, text in segment.pieces:
-                piece = _encode(tokenizer, text, f"{where}, piece {name or text!r}", m)
+                piece = _encode(tokenizer, text, f"{where}, piece {name or text!r}", m, encoded)
                 if name is not None:
                     if name in parts:
                         raise ValueError(f"{where}: the piece name {name!r} is used twice in one trace")
@@ -155,11 +158,20 @@ def unknown_words(tokenizer, text: str, ids: Sequence[int] | None = None) -> lis
     return [w for w in text.split() if unk in tokenizer.encode(w, add_special_tokens=False)]
 
 
-def _encode(tokenizer, segment: Segment, where: str, markers: MarkerIds) -> list[int]:
+def _encode_texts(tokenizer, segments: Sequence[Segment]) -> dict[str, list[int]]:
+    """{text: token ids} of the distinct text segments among `segments` (token-id segments are skipped), from one
+    batched call of the tokenizer: each text tokenised on its own, as `tokenizer.encode` would, without special tokens."""
+    texts = list(dict.fromkeys(s for s in segments if isinstance(s, str)))
+    return dict(zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])) if texts else {}
+
+
+def _encode(tokenizer, segment: Segment, where: str, markers: MarkerIds, encoded: dict[str, list[int]]) -> list[int]:
+    """The ids of one segment (text: its entry in `encoded`, from `_encode_texts`), checked for unknown words and
+    format markers."""
     if not isinstance(segment, str):
         ids = list(segment)
     else:
-        ids = tokenizer.encode(segment, add_special_tokens=False)
+        ids = list(encoded[segment])
         bad = unknown_words(tokenizer, segment, ids)
         if bad:
             raise ValueError(f"{where}: words not in the tokenizer's vocabulary: {bad[:5]}")
