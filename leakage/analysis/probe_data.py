@@ -186,7 +186,7 @@ def _capture_batch(model, tokenizer, batch: Sequence[ProbeTrace], eviction: Evic
     embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     wanted = {name: site_of(part, offset, batch[0].passcode_block) for name, (part, offset) in names.items()}
     got = capture(model, tokenizer, [t.ids for t in batch], eviction, wanted, positions=[t.positions for t in batch],
-                  prefix_only=True, all_logits=False)
+                  prefix_only=True, logits=False)
     kv, lengths, text = {}, {}, {}
     for name in names:
         valid = got.valid[name].cpu()  # (B, P); datasets live on the CPU, where probes train

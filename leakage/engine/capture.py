@@ -49,7 +49,7 @@ class Captured:
     """Activations per site name (each with the axes of `AXES`), and where the sites sit.
 
     positions[site]: (batch, position) long, each row's logical positions, -1 where a row has fewer;
-    valid[site]: (batch, position) bool. logits: (batch, T, vocab) of the masked forward.
+    valid[site]: (batch, position) bool. logits: (batch, T, vocab) of the masked forward (None if not asked for).
     """
 
     sites: dict[str, Site]
@@ -59,7 +59,7 @@ class Captured:
     values: dict[str, torch.Tensor]
     resid_pre: dict[str, torch.Tensor]
     pattern: dict[str, torch.Tensor]
-    logits: torch.Tensor
+    logits: torch.Tensor | None
 
     axes = AXES
 
@@ -71,37 +71,57 @@ def _named_sites(sites) -> dict[str, Site]:
     return {str(s): s for s in parsed}
 
 
-def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_pattern: bool, all_logits: bool = True):
-    """(logits, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None); without
-    `all_logits`, the HF module computes the last position's logits only."""
+class _AllKVCached(Exception):
+    """Raised by `_KVOnlyCache` once the last layer's keys and values are in the cache."""
+
+
+class _KVOnlyCache(DynamicCache):
+    """A `DynamicCache` that ends the forward once its last layer is stored: what would follow (that layer's
+    attention and MLP, the final norm, the LM head) changes no key or value (TransformerLens' `stop_at_layer`,
+    for the HF module)."""
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        stored = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == len(self.layers) - 1:
+            raise _AllKVCached
+        return stored
+
+
+def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_pattern: bool, logits: bool = True):
+    """(logits or None, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None).
+    Without `logits` and given a `_KVOnlyCache`, the HF module's forward stops once every layer's keys and values
+    are cached."""
     kwargs = dict(attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
     if is_bridge(model):
         L = hf_module(model).config.num_hidden_layers
         names = ([resid_pre_hook(i) for i in range(L)] if want_resid else []) + \
                 ([attn_pattern_hook(i) for i in range(L)] if want_pattern else [])
-        logits, acts = model.run_with_cache(ids, names_filter=lambda n: n in names, **kwargs)
+        out, acts = model.run_with_cache(ids, names_filter=lambda n: n in names, **kwargs)
         resid = [acts[resid_pre_hook(i)] for i in range(L)] if want_resid else None
         pattern = [acts[attn_pattern_hook(i)] for i in range(L)] if want_pattern else None
-        return logits, resid, pattern
+        return out if logits else None, resid, pattern
     extra = dict(output_hidden_states=want_resid, output_attentions=want_pattern)
-    if not all_logits:
+    if not logits:
         extra["logits_to_keep"] = 1  # the LM head over every position: a large share of a real vocabulary's cost
     if is_nnsight(model):
         with model.trace(ids, **kwargs, **extra):
             out = model.output.save()
     else:
-        out = model(ids, **kwargs, **extra)
+        try:
+            out = model(ids, **kwargs, **extra)
+        except _AllKVCached:
+            return None, None, None
     L = len(cache_layers(cache))
     resid = list(out.hidden_states[:L]) if want_resid else None  # the input of each layer
     pattern = list(out.attentions) if want_pattern else None
-    return out.logits, resid, pattern
+    return out.logits if logits else None, resid, pattern
 
 
 @torch.no_grad()
 def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Sequence[str] = ("keys", "values"), *,
             prompt_len: int | Sequence[int | None] | None = None,
             positions: Sequence[TracePositions] | None = None, prefix_only: bool = False,
-            all_logits: bool = True) -> Captured:
+            logits: bool = True) -> Captured:
     """One memento-masked forward over a right-padded batch; activations `at` the named `sites`.
 
     Args:
@@ -115,8 +135,9 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
         prefix_only: forward only the batch's positions up to its last site position (the mask is the
             full sequence's, cut to that prefix: every captured activation is the same, since nothing
             at a position depends on later ones); `logits` then cover that prefix only.
-        all_logits: False: `logits` of the last position only (HF module view), for callers that read keys
-            and values alone.
+        logits: False: no logits (`Captured.logits` is None), for callers that read keys and values alone; the HF
+            module's forward then stops once the last layer's keys and values are cached, when only keys and
+            values are asked for.
     Inputs are built on the CPU and moved to the model's input device (`leakage.engine.views.input_device`);
     captured tensors stay on the device they were computed on.
     Raises `KeyError` naming the row and site when a row lacks a site.
@@ -148,14 +169,16 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
     device = input_device(model)
     ids, mask = ids.to(device), mask.to(device)
     position_ids = torch.arange(T, device=device)[None].expand(B, T)
-    cache = DynamicCache(config=hf_module(model).config)
-    logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at,
-                                      all_logits)
+    kv_only = not logits and set(at) <= {"keys", "values"} and not is_bridge(model) and not is_nnsight(model)
+    cache = (_KVOnlyCache if kv_only else DynamicCache)(config=hf_module(model).config)
+    out_logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at,
+                                          logits)
 
     layers = list(zip(kv_storage(model), cache_layers(cache)))  # as the cache stores them:
     keys = torch.stack([storage.keys(layer.keys) for storage, layer in layers], 1)  # (B, L, kv_heads, T, d_head)
     values = torch.stack([storage.values(layer.values) for storage, layer in layers], 1)
-    out = Captured(sites=named, positions={}, valid={}, keys={}, values={}, resid_pre={}, pattern={}, logits=logits)
+    out = Captured(sites=named, positions={}, valid={}, keys={}, values={}, resid_pre={}, pattern={},
+                   logits=out_logits)
     for name in named:
         valid = (where[name] >= 0).to(device)
         index = where[name].clamp(min=0).to(device)  # (B, P); invalid slots read position 0 and are zeroed below

@@ -100,3 +100,29 @@ def test_nnsight_intervention_changes_the_output(tiny):
             patched = view.output.logits.save()
         clean = model(ids, attention_mask=additive_mask(mask)).logits
     assert (patched - clean).abs().max() > 1e-3
+
+
+def test_capture_without_logits_stops_after_the_last_layers_keys_and_values_and_reads_the_same_numbers():
+    model, tokenizer = build_model("tiny", seed=4)
+    rows = [TRACE.to_ids(tokenizer), TRACE.to_ids(tokenizer)[:-1]]
+    last = model.model.layers[-1]
+    calls = {"mlp": 0, "k_proj": 0}
+
+    def count(name):
+        def hook(module, args, output):
+            calls[name] += 1
+        return hook
+
+    handles = [last.mlp.register_forward_hook(count("mlp")), last.self_attn.k_proj.register_forward_hook(count("k_proj"))]
+    full = capture(model, tokenizer, rows, EvictionConfig(), SITES)
+    assert calls == {"mlp": 1, "k_proj": 1}
+    kv_only = capture(model, tokenizer, rows, EvictionConfig(), SITES, logits=False)
+    for handle in handles:
+        handle.remove()
+    assert calls == {"mlp": 1, "k_proj": 2}, "the last layer's MLP ran although no logits were asked for"
+    assert kv_only.logits is None and full.logits is not None
+    for site in SITES:  # the same operations on the same inputs: bit-identical
+        assert torch.equal(kv_only.keys[site], full.keys[site]) and torch.equal(kv_only.values[site], full.values[site])
+    # other activations need the whole forward: no early stop, no logits
+    with_resid = capture(model, tokenizer, rows, EvictionConfig(), SITES, ("keys", "values", "resid_pre"), logits=False)
+    assert with_resid.logits is None and torch.equal(with_resid.keys["memento"], full.keys["memento"])
