@@ -33,7 +33,7 @@ from leakage.training.tasks import Example, TaskConfig, make_example, task_spec,
 BOOTSTRAP_RESAMPLES = 2000
 EVAL_BATCH = 256
 """Examples decoded in lockstep at most (fewer where `leakage.engine.memory.rows_per_batch` says so): per-step
-overhead dominates a small model's decoding, so 256 rows score the main job's task 1.8-2.1x as fast as 32, with
+overhead dominates a small model's decoding, so 256 rows score the main job's task 2.0-2.2x as fast as 32, with
 the same hits (`experiments/bench_eval.py`, `figures/bench_eval.json`)."""
 
 
