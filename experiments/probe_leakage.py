@@ -8,7 +8,9 @@ writing `figures/probe_{name}.csv` (one row per probe: condition, distance, site
 interval, chance, the paper's number where it has one, the command), `.json` (the spec, weights and
 timings) and figures `probe_{name}_conditions.png` (Fig. 10), `_layers.png` (Table 4), `_sweeps.png`
 (Fig. 13 and the position-kind table); then `bench_probe_{name}.json`: the wall time of the whole sweep
-on this machine, and when each phase began.
+on this machine, when each phase began, and where the time went (`time_by_kind`: loading the model and
+building the traces, capturing keys and values, scoring checkpoints' task accuracy, and fitting probes,
+which is every other phase).
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ class Options:
     out_dir: str = "figures"
 
 
+def time_by_kind(phases: list[dict], wall_seconds: float) -> dict[str, float]:
+    """Seconds per kind of work from a run's phase marks ([{"seconds": start, "phase": message}]): until the first
+    mark, loading and traces; each phase lasts until the next mark (the last until `wall_seconds`) and counts
+    as capturing ("capturing ..."), scoring ("scoring ...") or fitting probes (the rest)."""
+    ends = [p["seconds"] for p in phases[1:]] + [wall_seconds]
+    kinds = {"setup": phases[0]["seconds"] if phases else wall_seconds, "capturing": 0.0, "scoring": 0.0,
+             "fitting": 0.0}
+    for phase, end in zip(phases, ends):
+        word = phase["phase"].split()[0]
+        kinds[word if word in ("capturing", "scoring") else "fitting"] += end - phase["seconds"]
+    return {kind: round(seconds, 1) for kind, seconds in kinds.items()}
+
+
 def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.experiment.n_blocks": "blocks"},
                     skip=("spec.eviction.restart", "spec.eviction.max_block_tokens",
@@ -50,7 +65,8 @@ def main() -> None:
     command = script_command("experiments/probe_leakage.py")
     record = probing.run(options.spec, out / f"probe_{options.name}", command=command, log=print)
     atomic_write_json(out / f"bench_probe_{options.name}.json", {
-        "phases": record.phases, "command": command, "wall_seconds": record.seconds, "goal_seconds": 600,
+        "phases": record.phases, "time_by_kind": time_by_kind(record.phases, record.seconds), "command": command,
+        "wall_seconds": record.seconds, "goal_seconds": 600,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": options.threads}})
     print(f"sweep done in {record.seconds:.0f} s (goal: 600 s); wrote " + ", ".join(map(str, record.files)))

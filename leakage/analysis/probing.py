@@ -183,8 +183,7 @@ def probe_conditions(model, tokenizer, traces: list[ProbeTrace], experiment: Pro
     distances = [d for d in range(-1, experiment.n_blocks - k) if k + d >= 0]
     sites = [("memento", d) for d in distances] + [(part, 0) for part in POSITION_KINDS]
 
-    log(f"capturing {len(traces)} traces ({eviction})")
-    main = capture_dataset(model, tokenizer, traces, eviction, sites)
+    main = _captured(log, f"{len(traces)} traces ({eviction})", model, tokenizer, traces, eviction, sites)
     rows = []
     for d in distances:
         condition = "causal_control" if d < 0 else "direct" if d == 0 else "masked"
@@ -227,31 +226,39 @@ def probe_conditions(model, tokenizer, traces: list[ProbeTrace], experiment: Pro
     del main
 
     if experiment.late_timing:
-        log("capturing with the summary_end_sees_block timing")
-        late = capture_dataset(model, tokenizer, traces, replace(eviction, summary_end_sees_block=True),
-                               [("summary_end", 0), ("memento", 1)])
+        late = _captured(log, "with the summary_end_sees_block timing", model, tokenizer, traces,
+                         replace(eviction, summary_end_sees_block=True), [("summary_end", 0), ("memento", 1)])
         rows.append(prober.row("position:summary_end", late, "summary_end", 0, timing="summary_end_sees_block"))
         rows.append(prober.row("masked", late, "memento", 1, timing="summary_end_sees_block"))
-    log("capturing restart KV")
-    restart = capture_dataset(model, tokenizer, traces, replace(eviction, restart=True), [("memento", 0), ("memento", 1)])
+    restart = _captured(log, "restart KV", model, tokenizer, traces, replace(eviction, restart=True),
+                        [("memento", 0), ("memento", 1)])
     rows.append(prober.row("restart_kv", restart, "memento", 1))
     rows.append(prober.row("restart_kv_direct", restart, "memento", 0))
     rows += prober.curves("restart_kv", restart, "memento", 1, log=log)
     if random_model is not None:
-        log("capturing the untrained model")
-        untrained = capture_dataset(random_model, tokenizer, traces, eviction, [("memento", 0), ("memento", 1)])
+        untrained = _captured(log, "the untrained model", random_model, tokenizer, traces, eviction,
+                              [("memento", 0), ("memento", 1)])
         rows.append(prober.row("random_init", untrained, "memento", 1))
         rows.append(prober.row("random_init_direct", untrained, "memento", 0))
         rows += prober.curves("random_init", untrained, "memento", 1, log=log)
     if experiment.precision:
-        log("capturing in bfloat16")
-        half = capture_dataset(copy.deepcopy(model).to(torch.bfloat16), tokenizer, traces, eviction,
-                               [("memento", 0), ("memento", 1)])
+        half = _captured(log, "in bfloat16", copy.deepcopy(model).to(torch.bfloat16), tokenizer, traces, eviction,
+                         [("memento", 0), ("memento", 1)])
         rows.append(prober.row("bf16", half, "memento", 1, dtype="bfloat16"))
         rows.append(prober.row("bf16_direct", half, "memento", 0, dtype="bfloat16"))
         if prober.probe.whiten and experiment.spectrum:
             rows += leak_spectrum(prober, half, masked, "bfloat16", rows[-2])
     return rows
+
+
+def _captured(log: Log, what: str, model, tokenizer, traces: list[ProbeTrace], eviction: EvictionConfig,
+              sites: list[tuple[str, int]]) -> KVDataset:
+    """`capture_dataset` as a phase of its own in the run's log: "capturing {what}" marks its start and "probing
+    {what}" its end (where the probes on it begin), so a run's phases tell capture time from fitting time."""
+    log(f"capturing {what}")
+    data = capture_dataset(model, tokenizer, traces, eviction, sites)
+    log(f"probing {what}")
+    return data
 
 
 def leak_spectrum(prober: _Prober, dataset: KVDataset, site: str, dtype: str, measured: dict) -> list[dict]:
@@ -291,8 +298,8 @@ def keep_sweep(model, tokenizer, traces: list[ProbeTrace], experiment: ProbeExpe
     rows = []
     for keep in range(1, experiment.max_keep + 1):
         kept = replace(eviction, keep_last_n_blocks=keep)
-        log(f"capturing with keep_last_n_blocks={keep}")
-        data = capture_dataset(model, tokenizer, traces, kept, [("memento", d) for d in distances])
+        data = _captured(log, f"with keep_last_n_blocks={keep}", model, tokenizer, traces, kept,
+                         [("memento", d) for d in distances])
         for d in distances:
             rows.append(prober.row("keep", data, "memento", d, keep_last_n_blocks=keep,
                                    sees_passcode=sees_passcode(traces[0], tokenizer, kept, "memento", d)))
@@ -333,6 +340,7 @@ def checkpoint_sweep(checkpoints: Sequence[Checkpoint], traces: list[ProbeTrace]
         model, tokenizer = load_model(checkpoint.path or final.path)
         if checkpoint.path is None:
             model = untrained_like(model, experiment.seed)
+        log(f"scoring checkpoint step {checkpoint.step}")
         accuracy = task_accuracy(model, tokenizer, examples, task, eviction)
         low, high = accuracy.ci95
         extra = dict(condition="checkpoint", step=checkpoint.step, stage=checkpoint.stage,
@@ -340,11 +348,12 @@ def checkpoint_sweep(checkpoints: Sequence[Checkpoint], traces: list[ProbeTrace]
                      task_ci95_low=low, task_ci95_high=high, paper_toy=None, paper_qwen3_8b=None,
                      paper_note=PAPER_TOY_CHECKPOINTS)
         known = measured.get(str(checkpoint.path.resolve()) if checkpoint.path else None)
-        log(f"checkpoint step {checkpoint.step}: task accuracy {accuracy.value:.3f}"
-            + ("" if known else "; capturing"))
         if known is None:
-            data = capture_dataset(model, tokenizer, traces, eviction, [("memento", 0), ("memento", 1)])
+            data = _captured(log, f"checkpoint step {checkpoint.step} (task accuracy {accuracy.value:.3f})", model,
+                             tokenizer, traces, eviction, [("memento", 0), ("memento", 1)])
             known = [prober.row("checkpoint", data, "memento", d) for d in (0, 1)]
+        else:
+            log(f"  checkpoint step {checkpoint.step}: task accuracy {accuracy.value:.3f}; its probes are fitted above")
         rows += [{**_reused(row), **extra} for row in known]
     return rows
 

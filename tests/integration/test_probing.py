@@ -71,6 +71,11 @@ def test_probe_cli_on_the_synthetic_task(tmp_path, capsys, tiny):
     assert set(spectrum.dtype) == {"float32", "bfloat16"} and spectrum.relative_std_cutoff.min() < 1e-5
     run = json.loads((tmp_path / "probe.json").read_text())  # the run's config and timing beside its results
     assert run["experiment"]["max_keep"] == 1 and run["phases"] and run["command"] == table.command.iloc[0]
+    # every capture is a phase of its own (its end marked by the probes on it), and so is each checkpoint's scoring:
+    # 6 captures of the final model (main, late timing, restart, untrained, bf16, keep 1) and 2 of checkpoints 3 and 6
+    starts = [p["phase"].split()[0] for p in run["phases"]]
+    assert starts.count("capturing") == starts.count("probing") == 8 and starts.count("scoring") == 4
+    assert all(after == "probing" for before, after in zip(starts, starts[1:]) if before == "capturing")
     for figure in ("conditions", "layers", "sweeps"):
         assert (tmp_path / f"probe_{figure}.png").stat().st_size > 0
 
