@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from leakage.analysis import probing
+from leakage.analysis.record import seconds_by_kind
 from leakage.flags import parse
 from leakage.io import atomic_write_json
 from leakage.provenance import script_command
@@ -43,19 +44,6 @@ class Options:
     out_dir: str = "figures"
 
 
-def time_by_kind(phases: list[dict], wall_seconds: float) -> dict[str, float]:
-    """Seconds per kind of work from a run's phase marks ([{"seconds": start, "phase": message}]): until the first
-    mark, loading and traces; each phase lasts until the next mark (the last until `wall_seconds`) and counts
-    as capturing ("capturing ..."), scoring ("scoring ...") or fitting probes (the rest)."""
-    ends = [p["seconds"] for p in phases[1:]] + [wall_seconds]
-    kinds = {"setup": phases[0]["seconds"] if phases else wall_seconds, "capturing": 0.0, "scoring": 0.0,
-             "fitting": 0.0}
-    for phase, end in zip(phases, ends):
-        word = phase["phase"].split()[0]
-        kinds[word if word in ("capturing", "scoring") else "fitting"] += end - phase["seconds"]
-    return {kind: round(seconds, 1) for kind, seconds in kinds.items()}
-
-
 def main() -> None:
     options = parse(Options, description=__doc__, rename={"spec.experiment.n_blocks": "blocks"},
                     skip=("spec.eviction.restart", "spec.eviction.max_block_tokens",
@@ -65,7 +53,8 @@ def main() -> None:
     command = script_command("experiments/probe_leakage.py")
     record = probing.run(options.spec, out / f"probe_{options.name}", command=command, log=print)
     atomic_write_json(out / f"bench_probe_{options.name}.json", {
-        "phases": record.phases, "time_by_kind": time_by_kind(record.phases, record.seconds), "command": command,
+        "phases": record.phases, "command": command,
+        "time_by_kind": seconds_by_kind(record.phases, record.seconds, ("capturing", "scoring"), rest="fitting"),
         "wall_seconds": record.seconds, "goal_seconds": 600,
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "torch_threads": options.threads}})

@@ -17,7 +17,8 @@ each phase began).
 every file atomically (`leakage.io`). A result key that repeats a spec field is an error: one name, one
 meaning. `check_outputs(out, FILES, inputs)`, the first thing every runner does, refuses before any work
 an output that would land on an input, inside a checkpoint folder or on a directory, or that cannot be
-written. `Clock` times a run's phases and forwards each phase's message to the caller's `log`; a
+written. `Clock` times a run's phases and forwards each phase's message to the caller's `log`
+(`seconds_by_kind` adds its phases up by the first word of their messages); a
 runner ends with `finish(...)`, which builds its `Record` and writes it when asked (under `torchrun`,
 from rank 0 only: `leakage.shards`).
 """
@@ -62,6 +63,18 @@ class Clock:
     @property
     def seconds(self) -> float:
         return time.perf_counter() - self.start
+
+
+def seconds_by_kind(phases: Sequence[dict], wall_seconds: float, kinds: Sequence[str], rest: str) -> dict[str, float]:
+    """Seconds per kind of work from a run's phase marks (`Clock.phases`: [{"seconds": start, "phase": message}]):
+    "setup" until the first mark; after it each phase lasts until the next mark (the last until `wall_seconds`) and
+    counts toward the kind its message's first word names (one of `kinds`), or else toward `rest`."""
+    totals = {"setup": phases[0]["seconds"] if phases else wall_seconds, **{kind: 0.0 for kind in (*kinds, rest)}}
+    ends = [phase["seconds"] for phase in phases[1:]] + [wall_seconds]
+    for phase, end in zip(phases, ends):
+        word = (phase["phase"].split() or [""])[0]
+        totals[word if word in kinds else rest] += end - phase["seconds"]
+    return {kind: round(seconds, 1) for kind, seconds in totals.items()}
 
 
 @dataclass
