@@ -87,10 +87,12 @@ class _KVOnlyCache(DynamicCache):
         return stored
 
 
-def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_pattern: bool, logits: bool = True):
-    """(logits or None, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None).
-    Without `logits` and given a `_KVOnlyCache`, the HF module's forward stops once every layer's keys and values
-    are cached."""
+def _forward(model, ids, mask, position_ids, want_resid: bool, want_pattern: bool, logits: bool = True):
+    """(cache, logits or None, resid_pre per layer [L x (B, T, d)] or None, patterns [L x (B, H, T, T)] or None),
+    the cache holding every layer's keys and values. On the HF module, when neither logits nor other activations
+    are asked for, the cache is a `_KVOnlyCache`: the forward stops once the last layer's keys and values are in."""
+    kv_only = not (logits or want_resid or want_pattern or is_bridge(model) or is_nnsight(model))
+    cache = (_KVOnlyCache if kv_only else DynamicCache)(config=hf_module(model).config)
     kwargs = dict(attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
     if is_bridge(model):
         L = hf_module(model).config.num_hidden_layers
@@ -99,7 +101,7 @@ def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_patte
         out, acts = model.run_with_cache(ids, names_filter=lambda n: n in names, **kwargs)
         resid = [acts[resid_pre_hook(i)] for i in range(L)] if want_resid else None
         pattern = [acts[attn_pattern_hook(i)] for i in range(L)] if want_pattern else None
-        return out if logits else None, resid, pattern
+        return cache, out if logits else None, resid, pattern
     extra = dict(output_hidden_states=want_resid, output_attentions=want_pattern)
     if not logits:
         extra["logits_to_keep"] = 1  # the LM head over every position: a large share of a real vocabulary's cost
@@ -110,11 +112,11 @@ def _forward(model, ids, mask, position_ids, cache, want_resid: bool, want_patte
         try:
             out = model(ids, **kwargs, **extra)
         except _AllKVCached:
-            return None, None, None
+            return cache, None, None, None
     L = len(cache_layers(cache))
     resid = list(out.hidden_states[:L]) if want_resid else None  # the input of each layer
     pattern = list(out.attentions) if want_pattern else None
-    return out.logits if logits else None, resid, pattern
+    return cache, out.logits if logits else None, resid, pattern
 
 
 @torch.no_grad()
@@ -169,10 +171,8 @@ def capture(model, tokenizer, sequences, eviction: EvictionConfig, sites, at: Se
     device = input_device(model)
     ids, mask = ids.to(device), mask.to(device)
     position_ids = torch.arange(T, device=device)[None].expand(B, T)
-    kv_only = not logits and set(at) <= {"keys", "values"} and not is_bridge(model) and not is_nnsight(model)
-    cache = (_KVOnlyCache if kv_only else DynamicCache)(config=hf_module(model).config)
-    out_logits, resid, pattern = _forward(model, ids, mask, position_ids, cache, "resid_pre" in at, "pattern" in at,
-                                          logits)
+    cache, out_logits, resid, pattern = _forward(model, ids, mask, position_ids, "resid_pre" in at, "pattern" in at,
+                                                 logits)
 
     layers = list(zip(kv_storage(model), cache_layers(cache)))  # as the cache stores them:
     keys = torch.stack([storage.keys(layer.keys) for storage, layer in layers], 1)  # (B, L, kv_heads, T, d_head)
